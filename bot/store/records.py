@@ -1,0 +1,179 @@
+"""The plain values the store hands out and takes in.
+
+Callers (the cogs) never see SQLAlchemy rows or sessions: every answer is a frozen dataclass of ids,
+strings, numbers and bytes, so a row cannot be lazily loaded after its session closed and nothing SQL
+leaks out of ``bot.store``. Discord ids are plain ``int`` snowflakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from janus_engine.protocol import Role, Turn
+
+
+class ConversationScope(StrEnum):
+    """Whose turns a conversation collects; the part of the privacy model that picks the conversation."""
+
+    USER = "user"  # one user in one channel or thread (the default): nobody else's turns ever mix in
+    SHARED = "shared"  # everyone in one channel or thread (a channel setting turns this on)
+    DM = "dm"  # a direct-message channel with one user
+
+
+SCOPE_SETTING = "conversation_scope"
+"""Channel-settings key whose value ("user" or "shared") selects the scope of that channel's conversations."""
+
+
+@dataclass(frozen=True)
+class ConversationKey:
+    """What identifies a conversation. Build it with :meth:`for_scope`, which drops the parts a scope
+    ignores (the user for a shared channel, the guild for a DM) so that equal situations give equal keys."""
+
+    scope: ConversationScope
+    guild_id: int | None
+    channel_id: int  # the channel, thread or DM channel
+    user_id: int | None  # None only for SHARED
+
+    @classmethod
+    def for_scope(
+        cls, scope: ConversationScope, *, guild_id: int | None, channel_id: int, user_id: int
+    ) -> ConversationKey:
+        scope = ConversationScope(scope)
+        if scope is ConversationScope.SHARED:
+            return cls(scope, guild_id, channel_id, None)
+        if scope is ConversationScope.DM:
+            return cls(scope, None, channel_id, user_id)
+        return cls(scope, guild_id, channel_id, user_id)
+
+    def as_text(self) -> str:
+        """The unique text form stored in the database (NULL-safe uniqueness on every backend)."""
+        guild = "-" if self.guild_id is None else str(self.guild_id)
+        user = "-" if self.user_id is None else str(self.user_id)
+        return f"{self.scope.value}:{guild}:{self.channel_id}:{user}"
+
+
+@dataclass(frozen=True)
+class ConversationRef:
+    id: int
+    key: ConversationKey
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """Metadata of one stored image (the PNG bytes the model sees), addressed by its sha256."""
+
+    sha256: str
+    width: int
+    height: int
+    size_bytes: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    id: int
+    conversation_id: int
+    role: Role
+    text: str
+    author_id: int | None
+    message_ids: tuple[int, ...]
+    image_hashes: tuple[str, ...]
+    token_count: int  # tokens of ``text`` as counted by the caller's counter when the turn was written
+    created_at: datetime
+    reply_to_turn_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ContextBudget:
+    """How many tokens the model input may use and what things cost.
+
+    ``total_tokens`` is what is left for the conversation: the caller subtracts the reply's
+    ``max_new_tokens`` and any fixed system text from the model's context (4096 for Janus-Pro).
+    ``tokens_per_image`` is 576 + 2 markers for Janus-Pro and 16 + 2 for the tiny test model.
+    ``tokens_per_turn`` covers the role header and separators the chat template adds to every turn.
+    """
+
+    total_tokens: int
+    tokens_per_image: int = 578
+    tokens_per_turn: int = 0
+
+
+IMAGE_DROPPED_MARKER = "[image no longer in memory]"
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """The model input built from a conversation: oldest turn first, the current turn last."""
+
+    turns: tuple[Turn, ...]
+    token_count: int  # the cost of ``turns`` under the budget's rules; never above its total
+    turn_ids: tuple[int, ...]
+    omitted_turns: int  # older turns left out entirely
+    omitted_images: int  # images of kept turns replaced by IMAGE_DROPPED_MARKER
+
+
+class JobKind(StrEnum):
+    IMAGINE = "imagine"
+    DESCRIBE = "describe"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    kind: JobKind
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    prompt: str
+    params: dict[str, Any]
+    seed: int | None
+    status: JobStatus
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    timings: dict[str, float] = field(default_factory=dict)
+    message_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    guild_id: int | None
+    actor_id: int
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    conversations: int
+    turns: int
+    images: int
+    jobs: int = 0
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    turns: int
+    conversations: int
+    images: int
