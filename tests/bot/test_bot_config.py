@@ -1,0 +1,129 @@
+"""bot.config: the example file is valid and complete, and every bad key is named with the reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bot.config import BotConfig, ConfigError, load_config, parse_config, restart_required_changes
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "config.example.toml"
+
+
+def test_example_file_loads_and_equals_the_defaults() -> None:
+    """The example documents the defaults: loading it must give the same values as an empty file."""
+    cfg = load_config(EXAMPLE)
+    empty = parse_config({}, source=EXAMPLE.resolve())
+    for section in ("discord", "model", "engine", "generation", "understanding", "memory", "limits", "ui"):
+        assert getattr(cfg, section) == getattr(empty, section), section
+    assert [p.pattern for p in cfg.access.nsfw_prompt_patterns] == [
+        p.pattern for p in empty.access.nsfw_prompt_patterns
+    ]
+
+
+def test_example_file_documents_every_key() -> None:
+    """Every field of every section appears in config.example.toml (so no key goes undocumented)."""
+    data = tomllib.loads(EXAMPLE.read_text())
+    text = EXAMPLE.read_text()
+    for f in dataclasses.fields(BotConfig):
+        if f.name == "source":
+            continue
+        section_type = f.default_factory  # type: ignore[misc]
+        for sub in dataclasses.fields(section_type):
+            documented = sub.name in data.get(f.name, {}) or f"# {sub.name} =" in text
+            assert documented, f"{f.name}.{sub.name} missing from config.example.toml"
+
+
+@pytest.mark.parametrize(
+    ("doc", "needle"),
+    [
+        ({"engine": {"max_queue": 0}}, "engine.max_queue: must be >= 1"),
+        ({"engine": {"max_qeue": 5}}, "engine.max_qeue: unknown key"),
+        ({"enigne": {}}, "enigne: unknown section"),
+        ({"generation": {"max_count": "four"}}, "generation.max_count: must be an integer"),
+        ({"generation": {"default_count": 5, "max_count": 4}}, "generation.default_count"),
+        ({"generation": {"min_guidance": 1.0}}, "generation.min_guidance: must be >="),
+        ({"model": {"dtype": "int4"}}, "model.dtype: must be one of"),
+        ({"model": {"devices": ["gpu0"]}}, "model.devices: 'gpu0' is not a device"),
+        ({"model": {"devices": []}}, "model.devices: needs at least one"),
+        ({"memory": {"default_scope": "global"}}, "memory.default_scope: must be one of"),
+        ({"access": {"blocked_prompt_patterns": ["(unclosed"]}}, "access.blocked_prompt_patterns[0]"),
+        ({"access": {"owners": [1]}}, "access.owners: unknown key"),
+        ({"discord": {"owners": [-3]}}, "discord.owners: must be a list of Discord ids"),
+        ({"discord": {"token_env": "MTA3.abc.def"}}, "discord.token_env: must be the NAME"),
+        ({"database": {"url": "janus.db"}}, "database.url: must be an SQLAlchemy URL"),
+        ({"logging": {"level": "LOUD"}}, "logging.level"),
+        ({"ui": {"progress_interval_s": 0.2}}, "ui.progress_interval_s: must be >= 1.0"),
+        ({"limits": {"imagine_cooldown_s": True}}, "limits.imagine_cooldown_s: must be a number"),
+        ({"understanding": {"allowed_content_types": ["text/plain"]}}, "understanding.allowed_content_types"),
+        ({"limits": 3}, "limits: must be a table"),
+    ],
+)
+def test_bad_keys_are_named_with_the_reason(doc: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert needle in str(info.value)
+
+
+def test_ids_accept_strings_of_digits_and_relative_sqlite_path_follows_the_file(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "conf" / "bot.toml"
+    cfg_file.parent.mkdir()
+    cfg_file.write_text(
+        '[discord]\nowners = ["123456789012345678", 42]\n[database]\nurl = "sqlite+aiosqlite:///data/bot.db"\n'
+    )
+    cfg = load_config(cfg_file)
+    assert cfg.discord.owners == (123456789012345678, 42)
+    assert cfg.database.url == f"sqlite+aiosqlite:///{tmp_path / 'conf' / 'data' / 'bot.db'}"
+
+
+def test_missing_and_malformed_files_raise_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[engine\nmax_queue = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_token_comes_from_the_named_env_var_only() -> None:
+    cfg = parse_config({"discord": {"token_env": "MY_BOT_TOKEN"}})
+    assert cfg.read_token({"MY_BOT_TOKEN": " abc.def "}) == "abc.def"
+    with pytest.raises(ConfigError) as info:
+        cfg.read_token({"DISCORD_TOKEN": "wrong-variable"})
+    assert "MY_BOT_TOKEN" in str(info.value)
+    assert "wrong-variable" not in str(info.value)
+
+
+def test_blocked_patterns_are_case_insensitive_regexes() -> None:
+    cfg = parse_config({"access": {"blocked_prompt_patterns": [r"\bforbidden\b"]}})
+    (pat,) = cfg.access.blocked_prompt_patterns
+    assert pat.search("A FORBIDDEN castle")
+    assert not pat.search("unforbiddenly")
+
+
+def test_engine_config_mapping() -> None:
+    pytest.importorskip("janus_engine.config")
+    cfg = parse_config(
+        {
+            "model": {"model": "/models/janus", "devices": ["cuda:0", "cuda:1"], "dtype": "bfloat16"},
+            "engine": {"max_queue": 7, "job_timeout_s": 30, "preview_every": 0},
+        }
+    )
+    ec = cfg.engine_config()
+    assert ec.devices == ("cuda:0", "cuda:1")
+    assert ec.model.model == "/models/janus"
+    assert ec.model.dtype == "bfloat16"
+    assert ec.max_queue == 7
+    assert ec.job_timeout_s == 30.0
+    assert ec.preview_every == 0
+
+
+def test_reload_reports_what_needs_a_restart() -> None:
+    old = parse_config({})
+    new = parse_config({"limits": {"chat_cooldown_s": 5}, "engine": {"max_queue": 3}})
+    assert restart_required_changes(old, new) == ["engine"]
+    assert restart_required_changes(old, parse_config({"limits": {"chat_cooldown_s": 5}})) == []
