@@ -1,0 +1,664 @@
+"""JanusEngine: the asyncio front the bot, the CLI and tests hold. It never imports torch.
+
+It owns a fair queue (:mod:`janus_engine.scheduler`), one worker process per configured device
+(:mod:`janus_engine.pool`, :mod:`janus_engine.worker`), and turns what workers report into each job's
+event stream. Everything runs on one event loop; worker messages arrive through reader threads with
+``call_soon_threadsafe``, so no state here is touched from two threads.
+
+Faults, as decided for this engine:
+- A worker that dies (kill -9, segfault, out of memory) is noticed at once (its pipe reaches EOF). The
+  jobs it was running end with ``Failed`` saying how the process died; they are NOT retried, because the
+  job itself may be what killed the worker (a retry of a poison request would kill the next worker too).
+  The worker is restarted at once (with a growing delay if restarts keep failing) and the queue goes on.
+- A batch running longer than ``job_timeout_s`` fails its jobs ("took longer than ...") and the worker is
+  killed and restarted, since a stuck model call cannot be interrupted from outside.
+- Cancelling a queued job removes it; cancelling a running one asks its worker, which stops the job at the
+  next decoding step (the rest of its batch goes on).
+- ``stop`` optionally drains, then cancels what is left, asks workers to exit, and kills any that do not
+  within the timeout: no process outlives the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from janus_engine import errors
+from janus_engine.config import EngineConfig
+from janus_engine.errors import InvalidRequest, JobCancelled, JobFailed, ModelNotAvailable, QueueFull
+from janus_engine.eta import SpeedMeter
+from janus_engine.ipc import (
+    BatchFinished,
+    CancelJobs,
+    JobKind,
+    LoadFailed,
+    PreviewImage,
+    Ready,
+    RunBatch,
+    Shutdown,
+    StepProgress,
+    TextPiece,
+    WorkerOptions,
+)
+from janus_engine.pool import WorkerProcess, describe_exit
+from janus_engine.protocol import (
+    TERMINAL_EVENTS,
+    Cancelled,
+    Done,
+    Failed,
+    GenerateRequest,
+    GenerateResult,
+    JobEvent,
+    Progress,
+    Queued,
+    Started,
+    TextDelta,
+    UnderstandRequest,
+    UnderstandResult,
+)
+from janus_engine.scheduler import FairScheduler, QueuedJob
+from janus_engine.status import EngineStatus, JobInfo, WorkerState, WorkerStatus
+from janus_engine.validation import validate_generate_request, validate_understand_request
+
+log = logging.getLogger(__name__)
+
+
+class JobHandle:
+    """What ``submit`` returns: the job's id and its event stream.
+
+    Iterate it (``async for event in handle``) for Queued / Started / Progress / TextDelta events and one
+    terminal Done | Failed | Cancelled, after which the stream ends; or just ``await handle.result()``.
+    Both may be used together; the stream itself is meant to be consumed once.
+    """
+
+    def __init__(self, job_id: str, user_id: str, kind: JobKind) -> None:
+        self.job_id = job_id
+        self.user_id = user_id
+        self.kind = kind
+        self._events: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._outcome: asyncio.Future[JobEvent] = asyncio.get_running_loop().create_future()
+        self._last_position: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._outcome.done()
+
+    def _emit(self, event: JobEvent) -> None:
+        if self._outcome.done():
+            return  # nothing follows a terminal event
+        self._events.put_nowait(event)
+        if isinstance(event, TERMINAL_EVENTS):
+            self._outcome.set_result(event)
+
+    def __aiter__(self) -> AsyncIterator[JobEvent]:
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[JobEvent]:
+        while not (self._events.empty() and self._outcome.done()):
+            event = await self._events.get()
+            yield event
+            if isinstance(event, TERMINAL_EVENTS):
+                return
+
+    async def result(self) -> GenerateResult | UnderstandResult:
+        """The result, or JobFailed (or the more precise error class the worker named) / JobCancelled."""
+        event = await asyncio.shield(self._outcome)
+        if isinstance(event, Done):
+            return event.result
+        if isinstance(event, Cancelled):
+            raise JobCancelled("The job was cancelled.")
+        assert isinstance(event, Failed)
+        error_class = getattr(errors, event.kind, JobFailed)
+        if not (isinstance(error_class, type) and issubclass(error_class, errors.JanusError)):
+            error_class = JobFailed
+        raise error_class(event.reason)
+
+
+@dataclass
+class _Batch:
+    batch_id: int
+    kind: JobKind
+    job_ids: list[str]
+    size: int  # images (generate) or requests (understand)
+    started_at: float
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Slot:
+    """A worker position (one per configured device); its process is replaced on restart."""
+
+    name: str
+    device: str
+    state: WorkerState = "starting"
+    proc: WorkerProcess | None = None
+    pid: int | None = None
+    batch: _Batch | None = None
+    restarts: int = 0
+    failures_in_a_row: int = 0
+    last_error: str | None = None
+    ready: asyncio.Future[None] | None = None
+    start_timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Job:
+    handle: JobHandle
+    queued: QueuedJob
+    state: str = "queued"  # queued | running
+    slot: _Slot | None = None
+    step: int = 0
+    cancel_requested: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class JanusEngine:
+    """Async front of the worker pool. See the module docstring for the fault policy."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._scheduler = FairScheduler(
+            max_queue=config.max_queue,
+            max_queued_per_user=config.max_queued_per_user,
+            max_running_per_user=config.max_running_per_user,
+        )
+        self._meter = SpeedMeter()
+        self._slots = [_Slot(f"worker-{i}", device) for i, device in enumerate(config.devices)]
+        self._jobs: dict[str, _Job] = {}
+        self._batch_ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._started = False
+        self._accepting = False
+        self._closing = False
+        self._started_at = time.monotonic()
+        self._done = self._failed = self._cancelled = self._batches = 0
+
+    # ---- life cycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn one worker per device and wait until every one has loaded the model.
+
+        Raises ModelNotAvailable (with the worker's own explanation) if any fails or is too slow; then no
+        worker is left running.
+        """
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._started_at = time.monotonic()
+        self._started = True
+        for slot in self._slots:
+            self._spawn(slot)
+        waits = [slot.ready for slot in self._slots if slot.ready is not None]
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*waits, return_exceptions=True), self.config.worker_start_timeout_s
+            )
+        except TimeoutError:
+            await self._shutdown_processes(5.0)
+            raise ModelNotAvailable(
+                f"The model did not load within {self.config.worker_start_timeout_s:g} s."
+            ) from None
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            await self._shutdown_processes(5.0)
+            first = failures[0]
+            raise first if isinstance(first, errors.JanusError) else ModelNotAvailable(str(first))
+        self._accepting = True
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="janus-engine-dispatch")
+
+    async def stop(self, *, drain: bool = False, timeout: float = 30.0) -> None:
+        """Stop accepting jobs; with ``drain`` let queued and running jobs finish (within ``timeout``);
+        cancel whatever is left; make every worker exit (killing those that do not). Idempotent."""
+        if not self._started or self._closing:
+            return
+        deadline = time.monotonic() + timeout
+        self._accepting = False
+        if drain:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+        self._closing = True
+        for job in self._scheduler.queued_jobs():
+            self._scheduler.remove(job.job_id)
+            self._end(self._jobs[job.job_id], Cancelled(job.job_id))
+        for slot in self._slots:
+            if slot.batch is not None and slot.proc is not None:
+                slot.proc.send(CancelJobs(tuple(slot.batch.job_ids)))
+        # Cancelled jobs stop at their next step; give them a moment to report so callers see Cancelled.
+        with contextlib.suppress(TimeoutError):
+            grace = min(deadline - time.monotonic(), 5.0)
+            await asyncio.wait_for(self._idle.wait(), max(0.0, grace))
+        await self._shutdown_processes(max(1.0, deadline - time.monotonic()))
+        for record in list(self._jobs.values()):
+            self._end(record, Cancelled(record.handle.job_id))
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+
+    async def __aenter__(self) -> JanusEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ---- jobs ------------------------------------------------------------------------------------------
+
+    def submit(self, request: GenerateRequest | UnderstandRequest, *, user_id: str) -> JobHandle:
+        """Queue a job (job id = ``request.request_id``) and return its handle at once.
+
+        Raises at once: InvalidRequest (bad parameters, id in use), QueueFull (the queue is at its bound,
+        or the engine is stopping), UserLimitReached (this user has too many jobs waiting).
+        """
+        if not self._accepting:
+            if self._closing:
+                raise QueueFull("The engine is shutting down; please try again later.")
+            raise ModelNotAvailable("The engine is not running (start it first).")
+        request = self._prepare(request)
+        queued = QueuedJob(request.request_id, str(user_id), request, time.monotonic())
+        self._scheduler.add(queued)
+        handle = JobHandle(request.request_id, str(user_id), queued.kind)
+        self._jobs[request.request_id] = _Job(handle, queued)
+        self._idle.clear()
+        self._refresh_queue_events()
+        self._wake.set()
+        return handle
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job (removed at once) or a running one (stops at its next step). False if the
+        job is unknown or already over."""
+        record = self._jobs.get(job_id)
+        if record is None:
+            return False
+        if record.state == "queued":
+            self._scheduler.remove(job_id)
+            self._end(record, Cancelled(job_id))
+            self._refresh_queue_events()
+            return True
+        if not record.cancel_requested and record.slot is not None and record.slot.proc is not None:
+            record.cancel_requested = True
+            record.slot.proc.send(CancelJobs((job_id,)))
+        return True
+
+    def position(self, job_id: str) -> int | None:
+        return self._scheduler.position(job_id)
+
+    def jobs_of(self, user_id: str) -> list[JobInfo]:
+        etas = self._queue_etas()
+        infos = []
+        for job_id, record in self._jobs.items():
+            if record.handle.user_id != str(user_id):
+                continue
+            if record.state == "queued":
+                position = self._scheduler.position(job_id)
+                infos.append(JobInfo(job_id, record.queued.kind, "queued", position, etas.get(job_id)))
+            else:
+                eta = self._remaining_seconds(record.slot) if record.slot else None
+                infos.append(JobInfo(job_id, record.queued.kind, "running", None, eta))
+        return infos
+
+    def status(self) -> EngineStatus:
+        images_per_s, tokens_per_s = self._meter.throughput(self._started_at)
+        return EngineStatus(
+            queue_depth=len(self._scheduler),
+            running=sum(1 for r in self._jobs.values() if r.state == "running"),
+            workers=tuple(
+                WorkerStatus(
+                    name=s.name,
+                    device=s.device,
+                    state=s.state,
+                    pid=s.pid,
+                    job_ids=tuple(s.batch.job_ids) if s.batch else (),
+                    restarts=s.restarts,
+                    last_error=s.last_error,
+                )
+                for s in self._slots
+            ),
+            jobs_done=self._done,
+            jobs_failed=self._failed,
+            jobs_cancelled=self._cancelled,
+            batches=self._batches,
+            images_per_s=images_per_s,
+            tokens_per_s=tokens_per_s,
+            avg_step_s=self._meter.avg_step_seconds(),
+            uptime_s=time.monotonic() - self._started_at,
+        )
+
+    # ---- submission helpers ----------------------------------------------------------------------------
+
+    def _prepare(self, request: GenerateRequest | UnderstandRequest) -> GenerateRequest | UnderstandRequest:
+        if not isinstance(request, GenerateRequest | UnderstandRequest):
+            raise InvalidRequest("A job must be an image generation or an image understanding request.")
+        if not request.request_id:
+            raise InvalidRequest("A job needs a non-empty request id.")
+        if isinstance(request, GenerateRequest):
+            validate_generate_request(request)
+            if request.preview_every == 0 and self.config.preview_every > 0:
+                request = dataclasses.replace(request, preview_every=self.config.preview_every)
+        else:
+            validate_understand_request(request)
+        return request
+
+    # ---- dispatch --------------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        """Whenever a worker is idle and jobs wait: gather for the batch window, then hand out batches."""
+        window = self.config.batch_window_s
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self._closing:
+                idle = [s for s in self._slots if s.state == "idle"]
+                waiting = self._scheduler.dispatchable_weight()
+                if not idle or waiting == 0:
+                    break
+                oldest = self._scheduler.oldest_enqueued_at() or 0.0
+                pause = oldest + window - time.monotonic()
+                if pause > 0 and waiting < self.config.max_images_per_batch * len(idle):
+                    await asyncio.sleep(pause)  # let companions arrive; then look again
+                    continue
+                # Several idle workers share what waits instead of one taking it all.
+                share = max(1, math.ceil(waiting / len(idle)))
+                picked = self._scheduler.next_batch(
+                    max_images=min(self.config.max_images_per_batch, share),
+                    max_understand=min(self.config.max_understand_batch, share),
+                )
+                if not picked:
+                    break
+                self._run_batch(idle[0], picked)
+            self._refresh_queue_events()
+
+    def _run_batch(self, slot: _Slot, picked: list[QueuedJob]) -> None:
+        assert self._loop is not None and slot.proc is not None
+        kind = picked[0].kind
+        batch = _Batch(
+            batch_id=next(self._batch_ids),
+            kind=kind,
+            job_ids=[job.job_id for job in picked],
+            size=sum(job.weight for job in picked),
+            started_at=time.monotonic(),
+        )
+        slot.batch = batch
+        slot.state = "busy"
+        self._batches += 1
+        eta = self._meter.batch_seconds(kind, batch.size)
+        for job in picked:
+            record = self._jobs[job.job_id]
+            record.state = "running"
+            record.slot = slot
+            record.handle._emit(Started(job.job_id, slot.name, eta))
+        batch.timer = self._loop.call_later(self.config.job_timeout_s, self._on_batch_timeout, slot, batch)
+        requests = tuple(job.request for job in picked)
+        # If the send fails the process is dead: its exit notice will fail this batch.
+        slot.proc.send(RunBatch(batch.batch_id, kind, requests))  # type: ignore[arg-type]
+
+    def _on_batch_timeout(self, slot: _Slot, batch: _Batch) -> None:
+        if slot.batch is not batch:
+            return
+        slot.batch = None
+        limit = self.config.job_timeout_s
+        for job_id in batch.job_ids:
+            record = self._jobs.get(job_id)
+            if record is not None:
+                reason = f"The job took longer than the limit of {limit:g} s and was stopped."
+                self._end(record, Failed(job_id, reason, "JobFailed"))
+        slot.last_error = f"batch {batch.batch_id} timed out after {limit:g} s; worker recycled"
+        log.warning("%s: %s", slot.name, slot.last_error)
+        slot.state = "restarting"
+        if slot.proc is not None:
+            slot.proc.kill()  # its exit notice restarts it
+
+    # ---- worker processes ------------------------------------------------------------------------------
+
+    def _spawn(self, slot: _Slot) -> None:
+        assert self._loop is not None
+        spec = dataclasses.replace(self.config.model, device=slot.device)
+        options = WorkerOptions(name=slot.name, step_delay_s=self.config.step_delay_s)
+        slot.ready = self._loop.create_future()
+        slot.state = "starting"
+        slot.proc = WorkerProcess(
+            spec, options, loop=self._loop, on_message=self._on_message, on_exit=self._on_exit
+        )
+        slot.pid = slot.proc.pid
+        proc = slot.proc
+        slot.start_timer = self._loop.call_later(
+            self.config.worker_start_timeout_s, self._on_start_timeout, slot, proc
+        )
+
+    def _on_start_timeout(self, slot: _Slot, proc: WorkerProcess) -> None:
+        if slot.proc is proc and slot.state == "starting":
+            slot.last_error = f"did not load within {self.config.worker_start_timeout_s:g} s"
+            proc.kill()
+
+    def _restart(self, slot: _Slot) -> None:
+        if self._closing:
+            return
+        slot.restarts += 1
+        self._spawn(slot)
+
+    def _slot_of(self, proc: WorkerProcess) -> _Slot | None:
+        return next((s for s in self._slots if s.proc is proc), None)
+
+    def _on_message(self, proc: WorkerProcess, message: Any) -> None:
+        slot = self._slot_of(proc)
+        if slot is None:
+            return  # a replaced incarnation
+        if isinstance(message, StepProgress | PreviewImage | TextPiece):
+            self._on_stream(message)
+        elif isinstance(message, BatchFinished):
+            self._on_batch_finished(slot, message)
+        elif isinstance(message, Ready):
+            if slot.start_timer is not None:
+                slot.start_timer.cancel()
+            slot.state = "idle" if not self._closing else "stopped"
+            slot.pid = message.pid
+            slot.failures_in_a_row = 0
+            self._meter.image_steps = self._meter.image_steps or message.num_image_tokens
+            if slot.ready is not None and not slot.ready.done():
+                slot.ready.set_result(None)
+            log.info("%s ready on %s (%s, pid %s)", slot.name, message.device, message.dtype, message.pid)
+            self._wake.set()
+        elif isinstance(message, LoadFailed):
+            slot.last_error = message.message
+            error_class = getattr(errors, message.kind, ModelNotAvailable)
+            if not (isinstance(error_class, type) and issubclass(error_class, errors.JanusError)):
+                error_class = ModelNotAvailable
+            if slot.ready is not None and not slot.ready.done():
+                slot.ready.set_exception(error_class(message.message))
+            log.error("%s could not load the model: %s", slot.name, message.message)
+
+    def _on_stream(self, message: StepProgress | PreviewImage | TextPiece) -> None:
+        record = self._jobs.get(message.job_id)
+        if record is None or record.state != "running":
+            return
+        handle = record.handle
+        if isinstance(message, StepProgress):
+            record.step = message.step
+            record.extra["total"] = message.total
+            handle._emit(Progress(message.job_id, message.step, message.total))
+        elif isinstance(message, PreviewImage):
+            total = record.extra.get("total", message.step)
+            handle._emit(Progress(message.job_id, message.step, total, preview=message.png))
+        else:
+            record.step += 1
+            handle._emit(TextDelta(message.job_id, message.text))
+
+    def _on_batch_finished(self, slot: _Slot, message: BatchFinished) -> None:
+        batch = slot.batch
+        if batch is None or batch.batch_id != message.batch_id:
+            return  # a batch already failed by its timeout
+        if batch.timer is not None:
+            batch.timer.cancel()
+        slot.batch = None
+        slot.state = "idle" if not self._closing else slot.state
+        tokens = 0
+        for outcome in message.outcomes:
+            record = self._jobs.get(outcome.job_id)
+            if record is None:
+                continue
+            if outcome.result is not None:
+                if isinstance(outcome.result, UnderstandResult):
+                    tokens += outcome.result.completion_tokens
+                self._end(record, Done(outcome.job_id, outcome.result))
+            elif outcome.error_kind is not None:
+                reason = outcome.error_message or "The job failed."
+                self._end(record, Failed(outcome.job_id, reason, outcome.error_kind))
+            else:
+                self._end(record, Cancelled(outcome.job_id))
+        for job_id in batch.job_ids:  # a worker that forgot a job must not leave it hanging
+            record = self._jobs.get(job_id)
+            if record is not None and record.state == "running" and record.slot is slot:
+                self._end(record, Failed(job_id, "The worker returned no result for this job.", "JobFailed"))
+        self._meter.record(
+            kind=batch.kind, size=batch.size, steps=message.steps, seconds=message.seconds, tokens=tokens
+        )
+        self._wake.set()
+
+    def _on_exit(self, proc: WorkerProcess, exitcode: int | None) -> None:
+        slot = self._slot_of(proc)
+        if slot is None:
+            return
+        if slot.start_timer is not None:
+            slot.start_timer.cancel()
+        was_ready = slot.state in ("idle", "busy", "restarting")  # restarting = recycled by a timeout
+        how = describe_exit(exitcode)
+        slot.proc = None
+        slot.pid = None
+        if slot.batch is not None:
+            batch, slot.batch = slot.batch, None
+            if batch.timer is not None:
+                batch.timer.cancel()
+            for job_id in batch.job_ids:
+                record = self._jobs.get(job_id)
+                if record is not None:
+                    reason = f"The job failed because {how}. Please try again."
+                    self._end(record, Failed(job_id, reason, "JobFailed"))
+        if slot.ready is not None and not slot.ready.done():
+            slot.ready.set_exception(ModelNotAvailable(slot.last_error or f"The model worker failed: {how}."))
+        if self._closing or not self._accepting:
+            slot.state = "stopped"
+            return
+        if slot.state != "restarting" or slot.last_error is None:
+            slot.last_error = how if was_ready else (slot.last_error or how)
+        log.warning("%s: %s; restarting it", slot.name, how)
+        if was_ready:
+            delay = 0.0
+        else:
+            slot.failures_in_a_row += 1
+            delay = min(self.config.restart_backoff_max_s, 2.0 ** slot.failures_in_a_row)
+        slot.state = "restarting"
+        assert self._loop is not None
+        self._loop.call_later(delay, self._restart, slot)
+
+    async def _shutdown_processes(self, timeout: float) -> None:
+        """Ask every worker to exit, wait up to ``timeout``, kill the rest; no orphans either way."""
+        procs = [(slot, slot.proc) for slot in self._slots if slot.proc is not None]
+        for _, proc in procs:
+            proc.send(Shutdown())
+        deadline = time.monotonic() + timeout
+        for _, proc in procs:
+            exited = await asyncio.to_thread(proc.join, max(0.0, deadline - time.monotonic()))
+            if not exited:
+                log.warning("%s did not exit in time; killing it", proc.options.name)
+                proc.kill()
+                await asyncio.to_thread(proc.join, 5.0)
+        for slot, _ in procs:
+            slot.proc = None
+            slot.pid = None
+            slot.state = "stopped"
+            if slot.start_timer is not None:
+                slot.start_timer.cancel()
+
+    # ---- job endings and queue events ------------------------------------------------------------------
+
+    def _end(self, record: _Job, event: Done | Failed | Cancelled) -> None:
+        job_id = record.handle.job_id
+        if self._jobs.pop(job_id, None) is None:
+            return
+        self._scheduler.finish(job_id)
+        if isinstance(event, Done):
+            self._done += 1
+        elif isinstance(event, Failed):
+            self._failed += 1
+        else:
+            self._cancelled += 1
+        record.handle._emit(event)
+        if not self._jobs:
+            self._idle.set()
+        self._wake.set()  # a finished job may free its user's running cap
+
+    def _refresh_queue_events(self) -> None:
+        """Tell every queued job its (possibly new) place in line and ETA, once per change."""
+        etas = self._queue_etas()
+        for position, job in enumerate(self._scheduler.fair_order(), start=1):
+            record = self._jobs.get(job.job_id)
+            if record is None or record.handle._last_position == position:
+                continue
+            record.handle._last_position = position
+            record.handle._emit(Queued(job.job_id, position, etas.get(job.job_id)))
+
+    def _remaining_seconds(self, slot: _Slot) -> float | None:
+        """Measured estimate of how long the slot's current batch still needs (0 if it is idle)."""
+        batch = slot.batch
+        if batch is None:
+            return 0.0 if slot.state == "idle" else None
+        total = self._meter.batch_seconds(batch.kind, batch.size)
+        if total is None:
+            return None
+        if batch.kind == "generate" and self._meter.image_steps:
+            running = [r.step for r in self._jobs.values() if r.slot is slot and r.state == "running"]
+            step = max(running, default=0)
+            return total * max(0.0, 1.0 - step / self._meter.image_steps)
+        return max(0.0, total - (time.monotonic() - batch.started_at))
+
+    def _queue_etas(self) -> dict[str, float | None]:
+        """Simulate the queue: batches in fair order go to whichever live worker frees up first."""
+        order = self._scheduler.fair_order()
+        if not order:
+            return {}
+        free_at: list[float] = []
+        for slot in self._slots:
+            if slot.state in ("failed", "stopped"):
+                continue
+            remaining = self._remaining_seconds(slot)
+            if remaining is None:
+                return {job.job_id: None for job in order}
+            free_at.append(remaining)
+        if not free_at:
+            return {job.job_id: None for job in order}
+        heapq.heapify(free_at)
+        etas: dict[str, float | None] = {}
+        index = 0
+        while index < len(order):
+            kind = order[index].kind
+            limit = (
+                self.config.max_images_per_batch if kind == "generate" else self.config.max_understand_batch
+            )
+            members = [order[index]]
+            size = order[index].weight
+            index += 1
+            while index < len(order) and order[index].kind == kind and size + order[index].weight <= limit:
+                size += order[index].weight
+                members.append(order[index])
+                index += 1
+            seconds = self._meter.batch_seconds(kind, size)
+            if seconds is None:
+                return {job.job_id: None for job in order}
+            finish = heapq.heappop(free_at) + seconds
+            heapq.heappush(free_at, finish)
+            for job in members:
+                etas[job.job_id] = finish
+        return etas

@@ -1,0 +1,87 @@
+"""Measured speed: decoding step times for ETAs, and recent throughput for the admin status.
+
+Estimates only ever come from what this engine measured (no guessed constants): before the first batch
+finishes, ETAs are None ("unknown"). A generation step's time is fitted as a + b * images over the last
+batches (on a GPU b is near zero, on a CPU it dominates), so a queued job's ETA follows the batch sizes
+it will actually run in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+_HISTORY = 32
+_THROUGHPUT_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class _Sample:
+    finished_at: float
+    kind: str
+    size: int  # images (generate) or requests (understand)
+    steps: int
+    seconds: float
+    tokens: int
+
+
+class SpeedMeter:
+    """Remembers recent batches; answers 'how long will this take' and 'how fast are we going'."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._samples: deque[_Sample] = deque(maxlen=256)
+        self._gen_steps: deque[tuple[int, float]] = deque(maxlen=_HISTORY)  # (images, seconds per step)
+        self._und_batches: deque[float] = deque(maxlen=_HISTORY)  # seconds per understanding batch
+        self.image_steps: int | None = None  # decoding steps per image, learned from the workers
+
+    def record(self, *, kind: str, size: int, steps: int, seconds: float, tokens: int = 0) -> None:
+        self._samples.append(_Sample(self._clock(), kind, size, steps, seconds, tokens))
+        if kind == "generate" and steps > 0:
+            self._gen_steps.append((size, seconds / steps))
+            self.image_steps = steps
+        elif kind == "understand":
+            self._und_batches.append(seconds)
+
+    # ---- estimates -------------------------------------------------------------------------------------
+
+    def step_seconds(self, images: int) -> float | None:
+        """Predicted seconds per generation step for a batch of ``images`` (least squares on history)."""
+        if not self._gen_steps:
+            return None
+        n = len(self._gen_steps)
+        mean_x = sum(x for x, _ in self._gen_steps) / n
+        mean_y = sum(y for _, y in self._gen_steps) / n
+        var_x = sum((x - mean_x) ** 2 for x, _ in self._gen_steps)
+        if var_x == 0:  # one batch size seen: assume time proportional to images (the CPU case)
+            return mean_y * images / mean_x if mean_x else mean_y
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in self._gen_steps) / var_x
+        slope = max(slope, 0.0)
+        return max(mean_y + slope * (images - mean_x), min(y for _, y in self._gen_steps) * 0.5)
+
+    def batch_seconds(self, kind: str, size: int) -> float | None:
+        if kind == "generate":
+            per_step = self.step_seconds(size)
+            if per_step is None or self.image_steps is None:
+                return None
+            return per_step * self.image_steps
+        if not self._und_batches:
+            return None
+        return sum(self._und_batches) / len(self._und_batches)
+
+    def avg_step_seconds(self) -> float | None:
+        if not self._gen_steps:
+            return None
+        return sum(y for _, y in self._gen_steps) / len(self._gen_steps)
+
+    # ---- throughput ------------------------------------------------------------------------------------
+
+    def throughput(self, since: float) -> tuple[float, float]:
+        """(images/s, tokens/s) over the last minute, or since ``since`` if the engine is younger."""
+        now = self._clock()
+        window = max(min(_THROUGHPUT_WINDOW_S, now - since), 1e-9)
+        recent = [s for s in self._samples if now - s.finished_at <= window]
+        images = sum(s.size for s in recent if s.kind == "generate")
+        tokens = sum(s.tokens for s in recent if s.kind == "understand")
+        return images / window, tokens / window

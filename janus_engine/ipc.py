@@ -1,0 +1,98 @@
+"""Messages between the engine front and a worker process, over one duplex multiprocessing Pipe.
+
+Plain frozen dataclasses of ids, numbers, strings and the protocol's request/result types, so they pickle
+cheaply and the front never needs torch to read them. The front only sends ``RunBatch`` to an idle
+worker; while a batch runs, the worker polls the pipe between decoding steps and so sees ``CancelJobs``
+and ``Shutdown`` at the next step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from janus_engine.protocol import GenerateRequest, GenerateResult, UnderstandRequest, UnderstandResult
+
+JobKind = Literal["generate", "understand"]
+
+# ---- front -> worker ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Per-process settings the worker needs besides the model spec."""
+
+    name: str
+    step_delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    batch_id: int
+    kind: JobKind
+    requests: tuple[GenerateRequest, ...] | tuple[UnderstandRequest, ...]
+
+
+@dataclass(frozen=True)
+class CancelJobs:
+    job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Finish (cancelling the running batch) and exit."""
+
+
+# ---- worker -> front ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+    device: str
+    dtype: str
+    num_image_tokens: int
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    kind: str  # name of a janus_engine.errors class
+    message: str
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    job_id: str
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class PreviewImage:
+    job_id: str
+    step: int
+    png: bytes
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    job_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """One job's end inside a batch: a result, None (cancelled), or an error (kind + readable message)."""
+
+    job_id: str
+    result: GenerateResult | UnderstandResult | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchFinished:
+    batch_id: int
+    outcomes: tuple[JobOutcome, ...]
+    seconds: float  # wall time of the runtime call(s), for throughput and ETA
+    steps: int  # decoding steps run (image tokens or the longest answer's tokens)

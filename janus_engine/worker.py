@@ -1,0 +1,233 @@
+"""The worker process: loads the model once, then runs the batches the engine front sends it.
+
+This module is imported by the front (it names :func:`worker_main` as the spawn target), so it must not
+import torch at module level: the runtime is imported inside the child process only.
+
+Protocol (see :mod:`janus_engine.ipc`): the worker answers ``Ready`` or ``LoadFailed``; then, for each
+``RunBatch``, it streams ``StepProgress`` / ``PreviewImage`` / ``TextPiece`` and ends with one
+``BatchFinished``. Between decoding steps it polls the pipe (``should_cancel``), so ``CancelJobs`` stops a
+job at the next step and ``Shutdown`` stops the batch. If the front goes away (pipe closed), the worker
+exits instead of lingering as an orphan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from janus_engine.errors import JanusError
+from janus_engine.ipc import (
+    BatchFinished,
+    CancelJobs,
+    JobOutcome,
+    LoadFailed,
+    PreviewImage,
+    Ready,
+    RunBatch,
+    Shutdown,
+    StepProgress,
+    TextPiece,
+    WorkerOptions,
+)
+from janus_engine.protocol import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class FrontGone(Exception):
+    """The pipe to the front closed: stop at once."""
+
+
+class _Channel:
+    """The worker's end of the pipe plus the cancel requests that arrived during a batch."""
+
+    def __init__(self, conn: Connection, step_delay_s: float) -> None:
+        self.conn = conn
+        self.cancelled: set[str] = set()
+        self.shutting_down = False
+        self._step_delay_s = step_delay_s
+        self._seen_this_step: set[str] = set()
+
+    def send(self, message: Any) -> None:
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError) as exc:
+            raise FrontGone from exc
+
+    def drain(self) -> None:
+        """Read every pending control message without blocking."""
+        try:
+            while self.conn.poll():
+                self._handle(self.conn.recv())
+        except (EOFError, OSError) as exc:
+            raise FrontGone from exc
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, CancelJobs):
+            self.cancelled.update(message.job_ids)
+        elif isinstance(message, Shutdown):
+            self.shutting_down = True
+        else:  # pragma: no cover - the front only sends RunBatch to an idle worker
+            log.warning("worker ignored unexpected message during a batch: %r", type(message).__name__)
+
+    def should_cancel(self, job_id: str) -> bool:
+        self._pace(job_id)
+        self.drain()
+        return self.shutting_down or job_id in self.cancelled
+
+    def _pace(self, job_id: str) -> None:
+        """The test/benchmark step delay: sleep once per decoding step. The runtime asks should_cancel
+        for every live request each step, so seeing a request id again means a new step began."""
+        if self._step_delay_s <= 0:
+            return
+        if job_id in self._seen_this_step:
+            time.sleep(self._step_delay_s)
+            self._seen_this_step.clear()
+        self._seen_this_step.add(job_id)
+
+    def new_batch(self) -> None:
+        self.cancelled.clear()
+        self._seen_this_step.clear()
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> None:
+    """Spawn target: load the model, announce Ready, serve batches until Shutdown or the pipe closes."""
+    # Ctrl-C in a terminal reaches the whole process group; the front decides how to shut down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = _Channel(conn, options.step_delay_s)
+    try:
+        runtime = _load(channel, spec)
+        if runtime is None:
+            return
+        _serve(channel, runtime)
+    except FrontGone:
+        pass
+    finally:
+        conn.close()
+
+
+def _load(channel: _Channel, spec: ModelSpec) -> Any:
+    try:
+        from janus_engine.runtime import JanusRuntime
+
+        spec = dataclasses.replace(spec, device=_resolve_device(spec.device))
+        runtime = JanusRuntime.load(spec)
+    except JanusError as exc:
+        channel.send(LoadFailed(type(exc).__name__, exc.user_message))
+        return None
+    except Exception as exc:  # any load failure must reach the front as one readable line
+        message = f"Could not load the model: {type(exc).__name__}: {exc}"
+        channel.send(LoadFailed("ModelNotAvailable", message))
+        return None
+    channel.send(
+        Ready(
+            pid=os.getpid(),
+            device=str(runtime.device),
+            dtype=str(runtime.dtype_name),
+            num_image_tokens=int(runtime.num_image_tokens),
+        )
+    )
+    return runtime
+
+
+def _serve(channel: _Channel, runtime: Any) -> None:
+    while True:
+        try:
+            message = channel.conn.recv()
+        except (EOFError, OSError):
+            return
+        if isinstance(message, Shutdown):
+            return
+        if isinstance(message, CancelJobs):
+            continue  # for a batch that already ended
+        if isinstance(message, RunBatch):
+            channel.new_batch()
+            finished = run_batch(channel, runtime, message)
+            channel.send(finished)
+            if channel.shutting_down:
+                return
+
+
+def run_batch(channel: _Channel, runtime: Any, batch: RunBatch) -> BatchFinished:
+    """Run one batch; if the batched call fails, retry each job alone so one bad request (or a batch too
+    big for memory) fails only itself."""
+    started = time.perf_counter()
+    requests = list(batch.requests)
+    try:
+        outcomes, steps = _call_runtime(channel, runtime, batch.kind, requests)
+    except FrontGone:
+        raise
+    except Exception as exc:  # reported per job: a bad request never kills the worker
+        if len(requests) == 1:
+            outcomes, steps = [_error_outcome(requests[0].request_id, exc)], 0
+        else:
+            log.warning("batch of %d failed (%s); retrying its jobs one by one", len(requests), exc)
+            outcomes, steps = [], 0
+            for request in requests:
+                try:
+                    single, single_steps = _call_runtime(channel, runtime, batch.kind, [request])
+                except FrontGone:
+                    raise
+                except Exception as single_exc:
+                    single, single_steps = [_error_outcome(request.request_id, single_exc)], 0
+                outcomes.extend(single)
+                steps = max(steps, single_steps)
+    return BatchFinished(
+        batch_id=batch.batch_id,
+        outcomes=tuple(outcomes),
+        seconds=time.perf_counter() - started,
+        steps=steps,
+    )
+
+
+def _call_runtime(
+    channel: _Channel, runtime: Any, kind: str, requests: Sequence[Any]
+) -> tuple[list[JobOutcome], int]:
+    max_step = 0
+
+    def on_progress(job_id: str, step: int, total: int) -> None:
+        nonlocal max_step
+        max_step = max(max_step, step)
+        channel.send(StepProgress(job_id, step, total))
+
+    def on_preview(job_id: str, step: int, png: bytes) -> None:
+        channel.send(PreviewImage(job_id, step, png))
+
+    def on_text(job_id: str, delta: str) -> None:
+        channel.send(TextPiece(job_id, delta))
+
+    if kind == "generate":
+        results = runtime.generate(
+            requests, on_progress=on_progress, on_preview=on_preview, should_cancel=channel.should_cancel
+        )
+    else:
+        results = runtime.understand(requests, on_text=on_text, should_cancel=channel.should_cancel)
+        max_step = max((r.completion_tokens for r in results if r is not None), default=0)
+    outcomes = [
+        JobOutcome(request.request_id, result) for request, result in zip(requests, results, strict=True)
+    ]
+    return outcomes, max_step
+
+
+def _error_outcome(job_id: str, exc: BaseException) -> JobOutcome:
+    if isinstance(exc, JanusError):
+        return JobOutcome(job_id, error_kind=type(exc).__name__, error_message=exc.user_message)
+    return JobOutcome(
+        job_id,
+        error_kind="JobFailed",
+        error_message=f"The model failed on this request ({type(exc).__name__}: {str(exc)[:200]}).",
+    )
