@@ -38,14 +38,14 @@ async def test_empty_to_head_to_base_and_back(db_url: str) -> None:
     assert await current_revision(db_url) is None
     await upgrade_database(db_url)
     assert await current_revision(db_url) == head_revision()
-    assert APP_TABLES <= await table_names(db_url)
+    assert await table_names(db_url) >= APP_TABLES
 
     await downgrade_database(db_url, "base")
     assert await current_revision(db_url) is None
     assert await table_names(db_url) & APP_TABLES == set()
 
     await upgrade_database(db_url)
-    assert APP_TABLES <= await table_names(db_url)
+    assert await table_names(db_url) >= APP_TABLES
 
 
 async def test_models_and_migrations_do_not_drift(db_url: str) -> None:
