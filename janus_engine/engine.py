@@ -481,15 +481,19 @@ class JanusEngine:
             log.error("%s could not load the model: %s", slot.name, message.message)
 
     def _on_stream(self, message: StepProgress | PreviewImage | TextPiece) -> None:
+        if isinstance(message, StepProgress):
+            for job_id in message.job_ids:
+                record = self._jobs.get(job_id)
+                if record is not None and record.state == "running":
+                    record.step = message.step
+                    record.extra["total"] = message.total
+                    record.handle._emit(Progress(job_id, message.step, message.total))
+            return
         record = self._jobs.get(message.job_id)
         if record is None or record.state != "running":
             return
         handle = record.handle
-        if isinstance(message, StepProgress):
-            record.step = message.step
-            record.extra["total"] = message.total
-            handle._emit(Progress(message.job_id, message.step, message.total))
-        elif isinstance(message, PreviewImage):
+        if isinstance(message, PreviewImage):
             total = record.extra.get("total", message.step)
             handle._emit(Progress(message.job_id, message.step, total, preview=message.png))
         else:

@@ -62,7 +62,9 @@ class LoadFailed:
 
 @dataclass(frozen=True)
 class StepProgress:
-    job_id: str
+    """One decoding step done for these jobs (one message per step for the whole batch, not per job)."""
+
+    job_ids: tuple[str, ...]
     step: int
     total: int
 

@@ -53,6 +53,22 @@ class _Channel:
         self.shutting_down = False
         self._step_delay_s = step_delay_s
         self._seen_this_step: set[str] = set()
+        self._progress_ids: list[str] = []
+        self._progress_at: tuple[int, int] | None = None
+
+    def progress(self, job_id: str, step: int, total: int) -> None:
+        """Collect one job's step; a step's jobs go out together as one StepProgress message."""
+        if self._progress_at != (step, total):
+            self.flush_progress()
+            self._progress_at = (step, total)
+        self._progress_ids.append(job_id)
+
+    def flush_progress(self) -> None:
+        if self._progress_ids and self._progress_at is not None:
+            step, total = self._progress_at
+            self.send(StepProgress(tuple(self._progress_ids), step, total))
+        self._progress_ids = []
+        self._progress_at = None
 
     def send(self, message: Any) -> None:
         try:
@@ -77,6 +93,7 @@ class _Channel:
             log.warning("worker ignored unexpected message during a batch: %r", type(message).__name__)
 
     def should_cancel(self, job_id: str) -> bool:
+        self.flush_progress()  # the runtime asks after reporting a step: the front hears of it now
         self._pace(job_id)
         self.drain()
         return self.shutting_down or job_id in self.cancelled
@@ -94,6 +111,8 @@ class _Channel:
     def new_batch(self) -> None:
         self.cancelled.clear()
         self._seen_this_step.clear()
+        self._progress_ids = []
+        self._progress_at = None
 
 
 def _resolve_device(device: str) -> str:
@@ -202,9 +221,10 @@ def _call_runtime(
     def on_progress(job_id: str, step: int, total: int) -> None:
         nonlocal max_step
         max_step = max(max_step, step)
-        channel.send(StepProgress(job_id, step, total))
+        channel.progress(job_id, step, total)
 
     def on_preview(job_id: str, step: int, png: bytes) -> None:
+        channel.flush_progress()  # keep Progress(step) before its preview
         channel.send(PreviewImage(job_id, step, png))
 
     def on_text(job_id: str, delta: str) -> None:
@@ -217,6 +237,7 @@ def _call_runtime(
     else:
         results = runtime.understand(requests, on_text=on_text, should_cancel=channel.should_cancel)
         max_step = max((r.completion_tokens for r in results if r is not None), default=0)
+    channel.flush_progress()
     outcomes = [
         JobOutcome(request.request_id, result) for request, result in zip(requests, results, strict=True)
     ]

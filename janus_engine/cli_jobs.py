@@ -1,0 +1,174 @@
+"""``janus-bot imagine`` and ``janus-bot describe``: one-off jobs through a JanusEngine, with a progress bar.
+
+They go through the same engine as the bot (worker process, queue, events), so the CLI is also a quick
+end-to-end check of a model directory. Inputs are validated before the model starts loading, so a typo
+costs milliseconds, not a model load. Errors are JanusError subclasses: ``bot.cli`` prints them as one
+line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from janus_engine.config import EngineConfig
+from janus_engine.engine import JanusEngine, JobHandle
+from janus_engine.errors import InvalidImage, InvalidRequest
+from janus_engine.images import normalize_upload
+from janus_engine.protocol import (
+    Done,
+    GenerateRequest,
+    GenerateResult,
+    ModelSpec,
+    Progress,
+    TextDelta,
+    TextSampling,
+    Turn,
+    UnderstandRequest,
+    UnderstandResult,
+)
+from janus_engine.validation import validate_generate_request, validate_understand_request
+
+
+def _engine_config(args: argparse.Namespace, jobs: int) -> EngineConfig:
+    spec = ModelSpec(model=args.model, dtype=args.dtype)
+    return EngineConfig(
+        model=spec,
+        devices=(args.device or "auto",),
+        max_queue=max(jobs, 1),
+        max_queued_per_user=max(jobs, 1),
+        max_running_per_user=max(jobs, 1),
+    )
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:limit].strip("-")
+    return slug or "image"
+
+
+def _job_id(kind: str) -> str:
+    return f"cli-{kind}-{uuid.uuid4().hex[:12]}"
+
+
+# ---- imagine ----------------------------------------------------------------------------------------------
+
+
+def imagine_command(args: argparse.Namespace) -> int:
+    request = GenerateRequest(
+        request_id=_job_id("imagine"),
+        prompt=args.prompt,
+        n_images=args.count,
+        guidance=args.guidance,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    validate_generate_request(request)
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidRequest(f"{out_dir} exists and is not a folder.")
+    result = asyncio.run(_imagine(_engine_config(args, 1), request))
+    assert isinstance(result, GenerateResult)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = _slug(args.prompt)
+    seed_part = f"-s{result.seed}" if result.seed is not None else ""
+    for index, png in enumerate(result.images, start=1):
+        path = out_dir / f"{stem}{seed_part}-{index}.png"
+        path.write_bytes(png)
+        print(path)
+    return 0
+
+
+async def _imagine(config: EngineConfig, request: GenerateRequest) -> GenerateResult | UnderstandResult:
+    _say(f"loading {config.model.model} on {config.devices[0]} ...")
+    async with JanusEngine(config) as engine:
+        handle = engine.submit(request, user_id="cli")
+        return await _follow(handle, desc=f"imagine x{request.n_images}", unit="step")
+
+
+# ---- describe ---------------------------------------------------------------------------------------------
+
+
+def _read_image(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InvalidImage(f"{path}: no such file.") from None
+    except IsADirectoryError:
+        raise InvalidImage(f"{path} is a folder, not an image file.") from None
+    except OSError as exc:
+        raise InvalidImage(f"{path}: cannot read it ({exc.strerror}).") from None
+    try:
+        return normalize_upload(data)
+    except InvalidImage as exc:
+        raise type(exc)(f"{path}: {exc.user_message}") from None
+
+
+def describe_command(args: argparse.Namespace) -> int:
+    """Describe each image (one job per image; the engine batches them together)."""
+    sampling = TextSampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    requests = []
+    for path in args.images:
+        png = _read_image(path)
+        request = UnderstandRequest(
+            request_id=_job_id("describe"),
+            turns=(Turn("user", args.prompt, images=(png,)),),
+            sampling=sampling,
+        )
+        validate_understand_request(request)
+        requests.append(request)
+    results = asyncio.run(_describe(_engine_config(args, len(requests)), requests))
+    for path, result in zip(args.images, results, strict=True):
+        assert isinstance(result, UnderstandResult)
+        if len(requests) > 1:
+            print(f"== {path}")
+        print(result.text.strip())
+    return 0
+
+
+async def _describe(
+    config: EngineConfig, requests: Sequence[UnderstandRequest]
+) -> list[GenerateResult | UnderstandResult]:
+    _say(f"loading {config.model.model} on {config.devices[0]} ...")
+    async with JanusEngine(config) as engine:
+        handles = [engine.submit(request, user_id="cli") for request in requests]
+        total = sum(request.sampling.max_new_tokens for request in requests)
+        with tqdm(total=total, desc=f"describe x{len(requests)}", unit="tok", file=sys.stderr) as bar:
+            return list(await asyncio.gather(*(_count_tokens(h, bar) for h in handles)))
+
+
+async def _count_tokens(handle: JobHandle, bar: tqdm) -> GenerateResult | UnderstandResult:
+    async for event in handle:
+        if isinstance(event, TextDelta):
+            bar.update(1)
+    return await handle.result()
+
+
+# ---- shared -----------------------------------------------------------------------------------------------
+
+
+async def _follow(handle: JobHandle, *, desc: str, unit: str) -> GenerateResult | UnderstandResult:
+    """Drive a tqdm bar from one job's Progress events; return its result (or raise its error)."""
+    bar: tqdm | None = None
+    try:
+        async for event in handle:
+            if isinstance(event, Progress) and event.preview is None:
+                if bar is None:
+                    bar = tqdm(total=event.total, desc=desc, unit=unit, file=sys.stderr)
+                bar.update(event.step - bar.n)
+            elif isinstance(event, Done) and bar is not None:
+                bar.update(bar.total - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
+    return await handle.result()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

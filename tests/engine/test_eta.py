@@ -1,0 +1,50 @@
+"""SpeedMeter: estimates come only from measured batches, and follow the batch size."""
+
+from __future__ import annotations
+
+import pytest
+
+from janus_engine.eta import SpeedMeter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_nothing_measured_means_unknown() -> None:
+    meter = SpeedMeter()
+    assert meter.batch_seconds("generate", 4) is None
+    assert meter.batch_seconds("understand", 1) is None
+    assert meter.avg_step_seconds() is None
+
+
+def test_step_time_is_fitted_on_batch_size() -> None:
+    meter = SpeedMeter()
+    # 0.1 s + 0.05 s per image per step, 10 steps a batch.
+    for images in (1, 2, 4, 8):
+        meter.record(kind="generate", size=images, steps=10, seconds=10 * (0.1 + 0.05 * images))
+    assert meter.step_seconds(6) == pytest.approx(0.4)
+    assert meter.batch_seconds("generate", 16) == pytest.approx(10 * (0.1 + 0.05 * 16))
+
+
+def test_one_batch_size_seen_scales_in_proportion() -> None:
+    meter = SpeedMeter()
+    meter.record(kind="generate", size=2, steps=16, seconds=3.2)
+    assert meter.batch_seconds("generate", 4) == pytest.approx(6.4)
+
+
+def test_throughput_counts_only_the_last_minute() -> None:
+    clock = FakeClock()
+    meter = SpeedMeter(clock=clock)
+    started = clock.now
+    meter.record(kind="generate", size=4, steps=16, seconds=2.0)
+    meter.record(kind="understand", size=2, steps=30, seconds=1.0, tokens=50)
+    clock.now += 10
+    images_per_s, tokens_per_s = meter.throughput(started)
+    assert images_per_s == pytest.approx(0.4) and tokens_per_s == pytest.approx(5.0)
+    clock.now += 120
+    assert meter.throughput(started) == (0.0, 0.0)
