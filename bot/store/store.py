@@ -414,7 +414,8 @@ class Store:
 
     async def delete_turns_older_than(self, cutoff: datetime) -> RetentionResult:
         """Retention: delete turns written before ``cutoff`` (with the answers to them), conversations
-        left empty and idle since before ``cutoff``, and images no remaining turn uses."""
+        left without turns whose last activity is before ``cutoff`` (a newer empty one may be about to
+        get its first turn; the next pass takes it), and images no remaining turn uses."""
         async with self._write() as conn:
             old = ConversationTurn.created_at < cutoff
             old_ids = select(ConversationTurn.id).where(old).scalar_subquery()
