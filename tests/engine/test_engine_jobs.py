@@ -39,7 +39,7 @@ async def engine(tiny_model_dir):
         max_images_per_batch=3,
         max_understand_batch=3,
         batch_window_s=0.1,
-        step_delay_s=0.02,  # a job lasts ~0.3 s: long enough to cancel mid-way
+        step_delay_s=0.03,  # a job lasts ~0.5 s: long enough to cancel mid-way
     )
     engine = JanusEngine(config)
     await engine.start()
@@ -156,7 +156,7 @@ async def test_cancel_running_job_stops_it_mid_way_and_its_batch_mate_finishes(e
     events = []
     async for event in victim:
         events.append(event)
-        if isinstance(event, Progress) and event.step == 2:
+        if isinstance(event, Progress) and event.step == 1:
             assert await engine.cancel("victim")
     assert isinstance(events[-1], Cancelled)
     progress = [e for e in events if isinstance(e, Progress)]
