@@ -73,9 +73,10 @@ def load_model_and_processor(spec: ModelSpec) -> tuple[Any, Any, Placement]:
     try:
         model = JanusForConditionalGeneration.from_pretrained(path, **kwargs)
         processor = JanusProcessor.from_pretrained(path)
-    except (OSError, ValueError, ImportError, RuntimeError) as exc:
+    except Exception as exc:  # damaged files raise anything from OSError to SafetensorError
         log.debug("loading %s failed", spec.model, exc_info=True)
-        raise ModelNotAvailable(f"Could not load {spec.model}: {str(exc).splitlines()[0]}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelNotAvailable(f"Could not load {spec.model}: {reason}") from None
     model = model.to(placement.device).eval()
     log.info(
         "loaded %s on %s (%s, attention %s)",

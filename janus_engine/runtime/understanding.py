@@ -69,10 +69,11 @@ class _Detokenizer:
         self.tokenizer = tokenizer
         self.sent = ""
 
-    def delta(self, tokens: list[int]) -> str:
+    def delta(self, tokens: list[int], *, final: bool = False) -> str:
+        """The text ``tokens`` add to what was sent; ``final`` flushes a held-back partial character."""
         # lstrip: the answer starts after "<|Assistant|>:", and the final text is stripped too.
         text = self.tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
-        if text.endswith("\ufffd") or not text.startswith(self.sent):
+        if (text.endswith("\ufffd") and not final) or not text.startswith(self.sent):
             return ""
         piece, self.sent = text[len(self.sent) :], text
         return piece
@@ -162,6 +163,10 @@ def generate_text(
                 finished.add(key)
         for key in finished:
             results[key] = TextOutput(generated[key], prompt_tokens[key])
+            if on_text is not None:
+                piece = streams[key].delta(generated[key], final=True)
+                if piece:
+                    on_text(key, piece)
         cancelled = {k for k in keys if k not in finished and should_cancel and should_cancel(k)}
         leaving = finished | cancelled
         if leaving:
