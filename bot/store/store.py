@@ -965,8 +965,9 @@ async def _load_turn_records(conn: AsyncConnection, turn_ids: Sequence[int]) -> 
 async def _turn_costs(
     conn: AsyncConnection, conversation_id: int, up_to: int | None, *, before: Sequence[TurnCost], limit: int
 ) -> list[TurnCost]:
-    """The next ``limit`` turns, newest first, older than those already fetched (``before``)."""
-    stmt = (
+    """The next ``limit`` turns, newest first, older than those already fetched (``before``), with their
+    image hashes: one statement (so one consistent read, and one round trip to the database thread)."""
+    page = (
         select(
             ConversationTurn.id, ConversationTurn.role, ConversationTurn.text, ConversationTurn.token_count
         )
@@ -975,25 +976,26 @@ async def _turn_costs(
         .limit(limit)
     )
     if before:
-        stmt = stmt.where(ConversationTurn.id < before[-1].id)
+        page = page.where(ConversationTurn.id < before[-1].id)
     elif up_to is not None:
-        stmt = stmt.where(ConversationTurn.id <= up_to)
-    rows = (await conn.execute(stmt)).all()
-    if not rows:
-        return []
-    images: dict[int, list[str]] = {}
-    ids = [row.id for row in rows]
-    for turn_id, sha in (
-        await conn.execute(
-            select(TurnImage.turn_id, TurnImage.image_sha256)
-            .where(TurnImage.turn_id.in_(ids))
-            .order_by(TurnImage.turn_id, TurnImage.position)
-        )
-    ).all():
-        images.setdefault(turn_id, []).append(sha)
-    return [
-        TurnCost(row.id, row.role, row.text, row.token_count, tuple(images.get(row.id, ()))) for row in rows
-    ]
+        page = page.where(ConversationTurn.id <= up_to)
+    turns = page.subquery()
+    stmt = (
+        select(turns, TurnImage.image_sha256)
+        .outerjoin(TurnImage, TurnImage.turn_id == turns.c.id)
+        .order_by(turns.c.id.desc(), TurnImage.position)
+    )
+    costs: list[TurnCost] = []
+    for row in (await conn.execute(stmt)).all():
+        if costs and costs[-1].id == row.id:
+            last = costs[-1]
+            costs[-1] = TurnCost(
+                last.id, last.role, last.text, last.token_count, (*last.image_hashes, row.image_sha256)
+            )
+        else:
+            images = (row.image_sha256,) if row.image_sha256 is not None else ()
+            costs.append(TurnCost(row.id, row.role, row.text, row.token_count, images))
+    return costs
 
 
 async def _image_data(conn: AsyncConnection, hashes: set[str]) -> dict[str, bytes]:
