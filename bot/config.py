@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-# Conversation memory scopes (who shares one conversation): see bot/store for how each is keyed.
-MEMORY_SCOPES = ("user", "user_channel", "channel")
+# Conversation memory scopes (bot.store.ConversationScope): "user" = each user has their own conversation
+# per channel; "shared" = everyone in a channel shares one. Direct messages are always per user.
+MEMORY_SCOPES = ("user", "shared")
 NSFW_POLICIES = ("nsfw_channels_only", "allow", "block")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -102,7 +103,7 @@ class UnderstandingSection:
 
 @dataclass(frozen=True)
 class MemorySection:
-    default_scope: Literal["user", "user_channel", "channel"] = "user_channel"
+    default_scope: Literal["user", "shared"] = "user"
     context_token_budget: int = 3000
     retention_days: int = 30  # 0 = keep forever
     tokenizer_path: str | None = None  # tokenizer.json for exact counts; None = look beside the model
@@ -176,7 +177,6 @@ class BotConfig:
     def engine_config(self):  # -> janus_engine.config.EngineConfig (imported lazily: no torch either way)
         """Map the model and engine sections onto the engine's own config object."""
         from janus_engine.config import EngineConfig
-
         from janus_engine.protocol import ModelSpec
 
         spec = ModelSpec(
@@ -384,9 +384,9 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None) -> BotConf
     s.finish()
 
     s = _Section("generation", data.get("generation"))
-    max_count = s.int("max_count", 4, lo=1, hi=16)
+    max_count = s.int("max_count", 4, lo=1, hi=10)  # Discord: at most 10 files a message
     gen = GenerationSection(
-        default_count=s.int("default_count", 1, lo=1, hi=16),
+        default_count=s.int("default_count", 1, lo=1, hi=10),
         max_count=max_count,
         default_guidance=s.float("default_guidance", 5.0, lo=1.0001, hi=100.0),
         min_guidance=s.float("min_guidance", 1.1, lo=1.0001, hi=100.0),
@@ -429,7 +429,7 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None) -> BotConf
 
     s = _Section("memory", data.get("memory"))
     mem = MemorySection(
-        default_scope=s.str("default_scope", "user_channel", choices=MEMORY_SCOPES),
+        default_scope=s.str("default_scope", "user", choices=MEMORY_SCOPES),
         context_token_budget=s.int("context_token_budget", 3000, lo=256, hi=1_000_000),
         retention_days=s.int("retention_days", 30, lo=0, hi=36_500),
         tokenizer_path=s.str("tokenizer_path", None, empty_is_none=True),

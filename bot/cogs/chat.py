@@ -1,0 +1,175 @@
+"""Conversations with memory: /chat, @mentions, replies to the bot, /forget and /history.
+
+Which conversation a message joins is the store's scope rule (per user per channel by default, shared
+per channel when a server manager says so, per user in DMs). A reply to one of the bot's answers
+continues the conversation that answer belongs to, unless that conversation is someone else's private
+one: then the replier's own conversation is used, so memory never leaks between users.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import NO_PINGS, MessageOutlet
+from bot.formatting import clip, plural
+from bot.store import ConversationRef
+from bot.understanding import Question, answer_interaction, ask, check_question
+from bot.uploads import check_attachments, read_images
+from janus_engine.errors import JanusError
+
+if TYPE_CHECKING:
+    from bot.app import JanusBot
+
+log = logging.getLogger(__name__)
+
+
+class ChatCog(commands.Cog):
+    def __init__(self, bot: JanusBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="chat", description="Talk with Janus (it remembers this conversation)")
+    @app_commands.describe(message="What to say", image="An image to talk about")
+    async def chat(
+        self,
+        interaction: discord.Interaction,
+        message: app_commands.Range[str, 1, 4000],
+        image: discord.Attachment | None = None,
+    ) -> None:
+        await answer_interaction(
+            self.bot, interaction, text=message, attachments=[image] if image else [], kind=None
+        )
+
+    # ---- @mentions and replies ---------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        bot = self.bot
+        if message.author.bot or bot.user is None or not bot.config.discord.respond_to_mentions:
+            return
+        mentioned = any(u.id == bot.user.id for u in message.mentions)
+        replied = await self._replied_conversation(message)
+        if not mentioned and replied is None:
+            return
+        text = re.sub(rf"<@!?{bot.user.id}>", "", message.content).strip()
+        if not text and not message.attachments:
+            if mentioned:
+                await message.reply("Ask me something (or attach an image).", mention_author=False)
+            return
+        who = bot.requester_of(message.author, message.channel, message.guild)
+        try:
+            settings = await bot.gate(who)
+            text = check_question(bot, who, settings, text)
+            check_attachments(message.attachments, bot.config.understanding)
+            async with message.channel.typing():
+                images = await read_images(message.attachments, bot.config.understanding)
+            conversation = replied if replied is not None and replied is not _NOT_OURS else None
+            if conversation is not None and conversation.key.user_id not in (None, who.user_id):
+                conversation = None  # someone else's private conversation: use the replier's own
+            await ask(
+                bot,
+                MessageOutlet(message),
+                Question(
+                    who,
+                    settings,
+                    text or bot.config.understanding.default_question,
+                    images,
+                    user_message_ids=(message.id,),
+                    conversation=conversation,
+                ),
+            )
+        except JanusError as exc:
+            await message.reply(exc.user_message, mention_author=False, allowed_mentions=NO_PINGS)
+
+    async def _replied_conversation(self, message: discord.Message) -> ConversationRef | object | None:
+        """For a reply to one of the bot's messages: its conversation (or _NOT_OURS when the store has
+        none, e.g. a reply to an image result); None when the message is not a reply to the bot."""
+        ref = message.reference
+        if ref is None or ref.message_id is None:
+            return None
+        resolved = ref.resolved
+        if isinstance(resolved, discord.Message) and resolved.author.id != self.bot.user.id:
+            return None
+        conv = await self.bot.store.conversation_for_message(ref.message_id)
+        if conv is not None:
+            return conv
+        if isinstance(resolved, discord.Message):
+            return _NOT_OURS
+        return None
+
+    # ---- memory management -------------------------------------------------------------------------
+
+    @app_commands.command(name="forget", description="Delete what Janus remembers of your conversations")
+    @app_commands.describe(where="Only this channel (default) or everywhere, including your job history")
+    @app_commands.choices(
+        where=[
+            app_commands.Choice(name="this channel", value="channel"),
+            app_commands.Choice(name="everywhere", value="everywhere"),
+        ]
+    )
+    async def forget(self, interaction: discord.Interaction, where: str = "channel") -> None:
+        store = self.bot.store
+        if where == "everywhere":
+            result = await store.forget_user(interaction.user.id, include_jobs=True)
+            scope = "everywhere"
+        else:
+            result = await store.forget_user(
+                interaction.user.id, guild_id=interaction.guild_id, channel_id=interaction.channel_id
+            )
+            scope = "in this channel"
+        text = (
+            f"Forgotten {scope}: {plural(result.turns, 'message')}"
+            f" in {plural(result.conversations, 'conversation')}, {plural(result.images, 'image')}"
+        )
+        if result.jobs:
+            text += f", {plural(result.jobs, 'job record')}"
+        await interaction.response.send_message(text + ".", ephemeral=True)
+
+    @app_commands.command(
+        name="history", description="Show (or export) what Janus remembers of your conversation"
+    )
+    @app_commands.describe(export="Send everything stored about you as a JSON file")
+    async def history(self, interaction: discord.Interaction, export: bool = False) -> None:
+        bot = self.bot
+        who = bot.requester(interaction)
+        if export:
+            data = await bot.store.export_user_data(who.user_id)
+            blob = json.dumps(data, indent=2, default=str, ensure_ascii=False).encode()
+            await interaction.response.send_message(
+                "Everything stored about you:",
+                file=discord.File(io.BytesIO(blob), filename=f"janus-data-{who.user_id}.json"),
+                ephemeral=True,
+            )
+            return
+        settings = await bot.settings_for(who)
+        conv = await bot.store.resolve_conversation(bot.conversation_key(who, settings))
+        turns = await bot.store.list_turns(conv.id, limit=10)
+        if not turns:
+            await interaction.response.send_message("No conversation here yet.", ephemeral=True)
+            return
+        lines = []
+        for t in turns:
+            name = (
+                "Janus"
+                if t.role == "assistant"
+                else ("You" if t.author_id == who.user_id else f"<@{t.author_id}>")
+            )
+            pics = f" [{plural(len(t.image_hashes), 'image')}]" if t.image_hashes else ""
+            lines.append(f"**{name}:**{pics} {clip(' '.join(t.text.split()), 300)}")
+        await interaction.response.send_message(
+            clip("\n".join(lines)), ephemeral=True, allowed_mentions=NO_PINGS
+        )
+
+
+_NOT_OURS = object()
+
+
+async def setup(bot: JanusBot) -> None:
+    await bot.add_cog(ChatCog(bot))

@@ -1,0 +1,249 @@
+"""/imagine and the buttons under its images (Re-roll, Edit prompt, Delete).
+
+Flow: cheap checks (access, prompt, limits) -> the job is recorded -> the engine accepts it (or refuses at
+once: queue full, user limit) -> defer within Discord's 3 s -> a background follower shows the queue
+position and ETA, a progress bar edited at most once a second (with the engine's preview images), then
+the images with their buttons. The job's record holds prompt and parameters, so every button works on
+any old message after any restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import InteractionOutlet, Throttle
+from bot.errors import NotAllowed, Refusal
+from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_prompt
+from bot.limits import IMAGINE
+from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, check_prompt
+from bot.store import JobKind, JobRecord, JobStatus
+from bot.views import EditPromptModal, progress_view, result_view
+from janus_engine.errors import JanusError
+from janus_engine.protocol import Cancelled, Done, Failed, GenerateRequest, Progress, Queued, Started
+
+if TYPE_CHECKING:
+    from bot.app import JanusBot
+
+log = logging.getLogger(__name__)
+MAX_SEED = 2**31 - 1
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: JanusBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Generate images from a text prompt with Janus-Pro")
+    @app_commands.describe(
+        prompt="What to draw",
+        count="How many images (default from the server settings)",
+        guidance="Classifier-free guidance: higher follows the prompt more closely (default 5)",
+        temperature="Sampling temperature: higher is more varied (default 1.0)",
+        seed="Seed for reproducible results",
+    )
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 4000],
+        count: app_commands.Range[int, 1, 10] | None = None,
+        guidance: app_commands.Range[float, 1.01, 100.0] | None = None,
+        temperature: app_commands.Range[float, 0.0, 10.0] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+    ) -> None:
+        await self.start(
+            interaction, prompt=prompt, count=count, guidance=guidance, temperature=temperature, seed=seed
+        )
+
+    # ---- the shared flow (command, Re-roll, Edit prompt) ---------------------------------------------
+
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        *,
+        prompt: str,
+        count: int | None = None,
+        guidance: float | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        parent_job: str | None = None,
+    ) -> None:
+        bot = self.bot
+        who = bot.requester(interaction)
+        settings = await bot.gate(who)
+        g = bot.config.generation
+        prompt = prompt.strip()
+        if not prompt:
+            raise Refusal("The prompt is empty.")
+        if len(prompt) > g.max_prompt_chars:
+            raise Refusal(f"The prompt is {len(prompt)} characters long; the limit is {g.max_prompt_chars}.")
+        check_prompt(bot.config.access, who, settings, prompt)
+        count = count or int(settings.get(DEFAULT_COUNT, g.default_count))
+        if count > g.max_count:
+            raise Refusal(f"At most {g.max_count} images per request.")
+        guidance = (
+            guidance if guidance is not None else float(settings.get(DEFAULT_GUIDANCE, g.default_guidance))
+        )
+        if not g.min_guidance <= guidance <= g.max_guidance:
+            raise Refusal(f"Guidance must be between {g.min_guidance} and {g.max_guidance}.")
+        if temperature is None:
+            temperature = float(settings.get(DEFAULT_TEMPERATURE, g.default_temperature))
+        if temperature > g.max_temperature:
+            raise Refusal(f"Temperature must be at most {g.max_temperature}.")
+        seed = seed if seed is not None else random.randint(0, MAX_SEED)
+        bot.limiter.check(who.user_id, IMAGINE, count)
+
+        params = {"count": count, "guidance": guidance, "temperature": temperature}
+        if parent_job:
+            params["parent_job"] = parent_job
+        job = await bot.store.create_job(
+            JobKind.IMAGINE,
+            user_id=who.user_id,
+            guild_id=who.guild_id,
+            channel_id=who.channel_id,
+            prompt=prompt,
+            params=params,
+            seed=seed,
+        )
+        request = GenerateRequest(
+            request_id=job.id,
+            prompt=prompt,
+            n_images=count,
+            guidance=guidance,
+            temperature=temperature,
+            seed=seed,
+            preview_every=bot.config.engine.preview_every,
+        )
+        try:
+            handle = bot.engine.submit(request, user_id=str(who.user_id))
+        except JanusError as exc:  # queue full, user limit, invalid: the record says why, nothing dangles
+            await bot.store.finish_job(job.id, JobStatus.FAILED, error=exc.user_message)
+            raise
+        bot.limiter.commit(who.user_id, IMAGINE, count)
+        await interaction.response.defer(thinking=True)
+        interaction.extras["public_defer"] = True
+        interaction.extras["answered"] = True  # from here on the follower owns the message
+        bot.spawn(self._follow(InteractionOutlet(interaction), handle, job))
+
+    async def _follow(self, outlet: InteractionOutlet, handle: Any, job: JobRecord) -> None:
+        bot = self.bot
+        count = int(job.params["count"])
+        header = f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(count, 'image')}"
+        view = progress_view(job.id)
+        throttle = Throttle(bot.config.ui.progress_interval_s)
+        preview: bytes | None = None
+        started = time.monotonic()
+        try:
+            async for event in handle:
+                if isinstance(event, Queued):
+                    if throttle.ready():
+                        throttle.mark()
+                        await outlet.show(f"{header}\n{queue_line(event.position, event.eta_s)}", view=view)
+                elif isinstance(event, Started):
+                    await bot.store.mark_job_running(job.id)
+                    if throttle.ready():
+                        throttle.mark()
+                        eta = f", ETA {format_eta(event.eta_s)}" if event.eta_s is not None else ""
+                        await outlet.show(f"{header}\nStarting{eta}…", view=view)
+                elif isinstance(event, Progress):
+                    preview = event.preview or preview
+                    if throttle.ready() and event.step < event.total:
+                        throttle.mark()
+                        file = ("preview.png", preview) if preview else None
+                        await outlet.show(
+                            f"{header}\n{progress_bar(event.step, event.total)}", file=file, view=view
+                        )
+                        preview = None
+                elif isinstance(event, Done):
+                    result = event.result
+                    files = [(f"janus-{job.id[:8]}-{i + 1}.png", png) for i, png in enumerate(result.images)]
+                    p = job.params
+                    text = (
+                        f"{header}\nseed {result.seed} · guidance {p['guidance']:g}"
+                        f" · temperature {p['temperature']:g}"
+                    )
+                    ids = await outlet.final(
+                        text, files=files, view=result_view(job.id, len(files)), ping=True
+                    )
+                    await bot.store.finish_job(
+                        job.id,
+                        JobStatus.DONE,
+                        seed=result.seed,
+                        timings={"total_s": round(time.monotonic() - started, 3)},
+                        message_ids=ids,
+                    )
+                elif isinstance(event, Failed):
+                    await bot.store.finish_job(job.id, JobStatus.FAILED, error=event.reason)
+                    await outlet.fail(f"{header}\nSorry, this failed: {event.reason}")
+                elif isinstance(event, Cancelled):
+                    await bot.store.finish_job(job.id, JobStatus.CANCELLED)
+                    await outlet.fail(f"{header}\nCancelled.")
+        except Exception:
+            log.exception("following imagine job %s failed", job.id)
+            current = await bot.store.get_job(job.id)
+            if current is not None and not current.status.is_terminal:
+                await bot.store.finish_job(job.id, JobStatus.FAILED, error="internal error while delivering")
+            await outlet.fail(f"{header}\nSorry, something went wrong on our side; it was logged.")
+
+    # ---- buttons -------------------------------------------------------------------------------------
+
+    async def _job(self, job_id: str) -> JobRecord:
+        job = await self.bot.store.get_job(job_id)
+        if job is None or job.kind != JobKind.IMAGINE:
+            raise Refusal(
+                "This image's job is no longer stored (it may have been forgotten), so it cannot be reused."
+            )
+        return job
+
+    async def reroll(self, interaction: discord.Interaction, job_id: str) -> None:
+        job = await self._job(job_id)
+        p = job.params
+        await self.start(
+            interaction,
+            prompt=job.prompt,
+            count=int(p["count"]),
+            guidance=float(p["guidance"]),
+            temperature=float(p["temperature"]),
+            seed=None,  # a new seed is the point of a re-roll
+            parent_job=job.id,
+        )
+
+    async def open_edit_modal(self, interaction: discord.Interaction, job_id: str) -> None:
+        job = await self._job(job_id)
+        await self.bot.gate(self.bot.requester(interaction))
+        modal = EditPromptModal(job.id, job.prompt, self.bot.config.generation.max_prompt_chars)
+        await interaction.response.send_modal(modal)
+
+    async def submit_edited(self, interaction: discord.Interaction, job_id: str, prompt: str) -> None:
+        job = await self._job(job_id)
+        p = job.params
+        await self.start(
+            interaction,
+            prompt=prompt,
+            count=int(p["count"]),
+            guidance=float(p["guidance"]),
+            temperature=float(p["temperature"]),
+            parent_job=job.id,
+        )
+
+    async def delete_result(self, interaction: discord.Interaction, job_id: str) -> None:
+        job = await self.bot.store.get_job(job_id)
+        owner_id = job.user_id if job is not None else _requester_of_message(interaction.message)
+        if interaction.user.id != owner_id and not self.bot.is_owner_id(interaction.user.id):
+            raise NotAllowed("Only the person who asked for these images can delete them.")
+        await interaction.response.defer()
+        await interaction.delete_original_response()  # for a button, "original" is the button's message
+
+
+def _requester_of_message(message: discord.Message | None) -> int | None:
+    meta = getattr(message, "interaction_metadata", None)
+    return meta.user.id if meta is not None else None
+
+
+async def setup(bot: JanusBot) -> None:
+    await bot.add_cog(ImagineCog(bot))

@@ -1,0 +1,139 @@
+"""/settings for server managers: where the bot answers, conversation scope, NSFW policy, defaults.
+
+``default_permissions`` only hides the command by default (server admins can change that), so every
+subcommand also checks the member's real Manage Server permission. Changes go through the store with
+the actor's id, which writes the audit log entry in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import NotAllowed, Refusal
+from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, ENABLED, NSFW_POLICY
+from bot.store import SCOPE_SETTING
+
+if TYPE_CHECKING:
+    from bot.app import JanusBot
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class SettingsCog(
+    commands.GroupCog, group_name="settings", group_description="Server settings (Manage Server)"
+):
+    def __init__(self, bot: JanusBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        perms = interaction.permissions
+        if not (perms.manage_guild or perms.administrator or self.bot.is_owner_id(interaction.user.id)):
+            raise NotAllowed("You need the Manage Server permission to change the bot's settings.")
+        return True
+
+    async def _reply(self, interaction: discord.Interaction, text: str) -> None:
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="show", description="Show this channel's effective settings")
+    async def show(self, interaction: discord.Interaction) -> None:
+        who = self.bot.requester(interaction)
+        settings = await self.bot.settings_for(who)
+        memory = self.bot.config.memory
+        g = self.bot.config.generation
+        lines = [
+            f"Bot enabled here: {'no' if settings.get(ENABLED) is False else 'yes'}",
+            f"Conversation scope: {settings.get(SCOPE_SETTING, memory.default_scope)}",
+            f"NSFW policy: {settings.get(NSFW_POLICY, self.bot.config.access.nsfw_policy)}",
+            f"Default image count: {settings.get(DEFAULT_COUNT, g.default_count)}",
+            f"Default guidance: {settings.get(DEFAULT_GUIDANCE, g.default_guidance)}",
+            f"Default temperature: {settings.get(DEFAULT_TEMPERATURE, g.default_temperature)}",
+        ]
+        await self._reply(interaction, "\n".join(lines))
+
+    @app_commands.command(name="channel", description="Turn the bot on or off in a channel")
+    @app_commands.describe(enabled="Answer in this channel?", channel="Which channel (default: this one)")
+    async def channel(
+        self, interaction: discord.Interaction, enabled: bool, channel: discord.TextChannel | None = None
+    ) -> None:
+        target = channel.id if channel is not None else interaction.channel_id
+        await self.bot.store.update_channel_settings(
+            target,
+            {ENABLED: None if enabled else False},
+            guild_id=interaction.guild_id,
+            actor_id=interaction.user.id,
+        )
+        await self._reply(interaction, f"The bot is now {'on' if enabled else 'off'} in <#{target}>.")
+
+    @app_commands.command(name="scope", description="Who shares a conversation in a channel")
+    @app_commands.describe(scope="user: each user has their own; shared: the whole channel shares one")
+    @app_commands.choices(
+        scope=[
+            app_commands.Choice(name="per user (private)", value="user"),
+            app_commands.Choice(name="shared by the channel", value="shared"),
+        ]
+    )
+    async def scope(
+        self, interaction: discord.Interaction, scope: str, channel: discord.TextChannel | None = None
+    ) -> None:
+        target = channel.id if channel is not None else interaction.channel_id
+        await self.bot.store.update_channel_settings(
+            target, {SCOPE_SETTING: scope}, guild_id=interaction.guild_id, actor_id=interaction.user.id
+        )
+        await self._reply(interaction, f"Conversations in <#{target}> are now {scope}.")
+
+    @app_commands.command(name="nsfw", description="How NSFW prompts are handled on this server")
+    @app_commands.choices(
+        policy=[
+            app_commands.Choice(name="only in channels marked NSFW", value="nsfw_channels_only"),
+            app_commands.Choice(name="never", value="block"),
+            app_commands.Choice(name="anywhere (if the bot's config allows)", value="allow"),
+        ]
+    )
+    async def nsfw(self, interaction: discord.Interaction, policy: str) -> None:
+        await self.bot.store.update_guild_settings(
+            interaction.guild_id, {NSFW_POLICY: policy}, actor_id=interaction.user.id
+        )
+        note = ""
+        if policy == "allow" and self.bot.config.access.nsfw_policy != "allow":
+            note = f" (the bot's config is stricter: {self.bot.config.access.nsfw_policy} still applies)"
+        await self._reply(interaction, f"NSFW policy set to {policy}{note}.")
+
+    @app_commands.command(name="defaults", description="Server defaults for /imagine")
+    async def defaults(
+        self,
+        interaction: discord.Interaction,
+        count: app_commands.Range[int, 1, 10] | None = None,
+        guidance: app_commands.Range[float, 1.01, 100.0] | None = None,
+        temperature: app_commands.Range[float, 0.0, 10.0] | None = None,
+    ) -> None:
+        g = self.bot.config.generation
+        changes: dict[str, Any] = {}
+        if count is not None:
+            if count > g.max_count:
+                raise Refusal(f"count: at most {g.max_count}.")
+            changes[DEFAULT_COUNT] = count
+        if guidance is not None:
+            if not g.min_guidance <= guidance <= g.max_guidance:
+                raise Refusal(f"guidance: between {g.min_guidance} and {g.max_guidance}.")
+            changes[DEFAULT_GUIDANCE] = guidance
+        if temperature is not None:
+            if temperature > g.max_temperature:
+                raise Refusal(f"temperature: at most {g.max_temperature}.")
+            changes[DEFAULT_TEMPERATURE] = temperature
+        if not changes:
+            raise Refusal("Give at least one of count, guidance, temperature.")
+        await self.bot.store.update_guild_settings(
+            interaction.guild_id, changes, actor_id=interaction.user.id
+        )
+        await self._reply(
+            interaction, "Defaults updated: " + ", ".join(f"{k}={v}" for k, v in changes.items())
+        )
+
+
+async def setup(bot: JanusBot) -> None:
+    await bot.add_cog(SettingsCog(bot))

@@ -1,0 +1,231 @@
+"""Where a job's progress and answer go, and how they survive Discord's rules.
+
+An :class:`InteractionOutlet` edits the interaction's original response while its token lives (15
+minutes), then falls back to the bot's own channel messages: a job that outlives its token still
+delivers, and no edit is ever attempted with a dead token twice. Expiry is detected both from the clock
+(``Interaction.expires_at`` minus a margin) and from the 401 Discord answers, because clocks drift.
+A :class:`MessageOutlet` answers a plain message (an @mention or a reply) with a reply it then edits.
+
+Files travel as ``(filename, bytes)`` pairs and become ``discord.File`` objects per attempt, because a
+File is consumed by the request that sends it. Every message goes out with AllowedMentions.none() (or
+only the requester), so an echoed prompt can never ping @everyone or a role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import discord
+
+from bot.formatting import split_message
+
+log = logging.getLogger(__name__)
+
+NamedFile = tuple[str, bytes]
+NO_PINGS = discord.AllowedMentions.none()
+TOKEN_MARGIN = timedelta(seconds=30)  # stop using a token this long before it dies
+_DEAD_TOKEN_CODES = {50027, 10015, 10062}  # invalid webhook token, unknown webhook, unknown interaction
+
+
+def to_files(named: Sequence[NamedFile]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for name, data in named]
+
+
+def fit_to_limit(named: Sequence[NamedFile], limit: int) -> tuple[list[NamedFile], list[str]]:
+    """Keep files within the upload limit: re-encode an oversized PNG as JPEG, drop what still does not fit.
+
+    Returns the files and notes for the user about anything changed.
+    """
+    out: list[NamedFile] = []
+    notes: list[str] = []
+    for name, data in named:
+        if len(data) <= limit:
+            out.append((name, data))
+            continue
+        from PIL import Image  # only on this rare path; PIL is a light dependency of the bot too
+
+        with Image.open(io.BytesIO(data)) as img:
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, format="JPEG", quality=85)
+        if buf.tell() <= limit:
+            out.append((name.rsplit(".", 1)[0] + ".jpg", buf.getvalue()))
+            notes.append(f"{name} was sent as JPEG to fit this server's upload limit.")
+        else:
+            notes.append(f"{name} is larger than this server's upload limit and was not sent.")
+    return out, notes
+
+
+def is_dead_token(exc: discord.HTTPException) -> bool:
+    return exc.status == 401 or getattr(exc, "code", 0) in _DEAD_TOKEN_CODES
+
+
+class Throttle:
+    """At most one update per ``interval`` seconds (Discord's rate limits; a progress bar needs no more)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = float("-inf")
+
+    def ready(self) -> bool:
+        return time.monotonic() - self._last >= self.interval
+
+    def mark(self) -> None:
+        self._last = time.monotonic()
+
+
+class InteractionOutlet:
+    """Progress and results of one interaction: its original response, then the channel after expiry."""
+
+    def __init__(self, interaction: discord.Interaction, *, upload_limit: int | None = None) -> None:
+        self.interaction = interaction
+        self.user_id = interaction.user.id
+        self.channel: Any = interaction.channel
+        self.upload_limit = upload_limit or interaction.filesize_limit
+        self.expired = False
+        self._channel_message: discord.Message | None = None  # progress message posted after expiry
+
+    def token_alive(self) -> bool:
+        if self.expired:
+            return False
+        if discord.utils.utcnow() >= self.interaction.expires_at - TOKEN_MARGIN:
+            self.expired = True
+        return not self.expired
+
+    async def show(
+        self, content: str, *, file: NamedFile | None = None, view: Any = discord.utils.MISSING
+    ) -> None:
+        """Update the progress/stream message (best effort: a failed progress edit never ends a job)."""
+        try:
+            if self.token_alive():
+                try:
+                    await self.interaction.edit_original_response(
+                        content=content,
+                        attachments=to_files([file]) if file else discord.utils.MISSING,
+                        view=view,
+                        allowed_mentions=NO_PINGS,
+                    )
+                    return
+                except discord.HTTPException as exc:
+                    if not is_dead_token(exc):
+                        raise
+                    self.expired = True
+            if self._channel_message is None:
+                kwargs: dict[str, Any] = {"content": content, "allowed_mentions": NO_PINGS}
+                if file:
+                    kwargs["files"] = to_files([file])
+                if view is not discord.utils.MISSING and view is not None:
+                    kwargs["view"] = view
+                self._channel_message = await self.channel.send(**kwargs)
+            else:
+                await self._channel_message.edit(
+                    content=content,
+                    attachments=to_files([file]) if file else discord.utils.MISSING,
+                    view=view,
+                )
+        except discord.HTTPException as exc:
+            log.warning("progress update failed: %s", exc)
+
+    async def final(
+        self, text: str, *, files: Sequence[NamedFile] = (), view: Any = None, ping: bool = False
+    ) -> list[int]:
+        """Post the result; returns the ids of the messages that hold it.
+
+        With a live token the original response becomes the result. After expiry the result is a new
+        channel message that mentions the requester (the only ping allowed), since nobody is watching a
+        message that stopped updating.
+        """
+        files, notes = fit_to_limit(files, self.upload_limit)
+        chunks = split_message("\n".join([text, *notes]) if notes else text)
+        ids: list[int] = []
+        if self.token_alive():
+            try:
+                msg = await self.interaction.edit_original_response(
+                    content=chunks[0], attachments=to_files(files), view=view, allowed_mentions=NO_PINGS
+                )
+                ids.append(msg.id)
+                for chunk in chunks[1:]:
+                    extra = await self.interaction.followup.send(chunk, allowed_mentions=NO_PINGS, wait=True)
+                    ids.append(extra.id)
+                return ids
+            except discord.HTTPException as exc:
+                if not is_dead_token(exc):
+                    raise
+                self.expired = True
+                ids.clear()
+        mention = f"<@{self.user_id}> "
+        first: dict[str, Any] = {
+            "content": (mention + chunks[0])[:2000],
+            "files": to_files(files),
+            "allowed_mentions": discord.AllowedMentions(users=[discord.Object(self.user_id)])
+            if ping
+            else NO_PINGS,
+        }
+        if view is not None:
+            first["view"] = view
+        msg = await self.channel.send(**first)
+        ids.append(msg.id)
+        for chunk in chunks[1:]:
+            ids.append((await self.channel.send(chunk, allowed_mentions=NO_PINGS)).id)
+        if self._channel_message is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await self._channel_message.delete()
+        return ids
+
+    async def fail(self, text: str) -> None:
+        """End the job's message with an explanation (failure, timeout, cancellation)."""
+        await self.show(text, view=None)
+
+
+class MessageOutlet:
+    """Answers a plain message (an @mention or a reply) with a reply that is then edited as text streams."""
+
+    def __init__(self, message: discord.Message) -> None:
+        self.message = message
+        self.user_id = message.author.id
+        self.channel: Any = message.channel
+        guild = message.guild
+        self.upload_limit = guild.filesize_limit if guild else 10 * 1024 * 1024
+        self._reply: discord.Message | None = None
+
+    async def show(
+        self, content: str, *, file: NamedFile | None = None, view: Any = discord.utils.MISSING
+    ) -> None:
+        try:
+            if self._reply is None:
+                self._reply = await self.message.reply(
+                    content, mention_author=False, allowed_mentions=NO_PINGS
+                )
+            else:
+                await self._reply.edit(content=content, view=view)
+        except discord.HTTPException as exc:
+            log.warning("stream update failed: %s", exc)
+
+    async def final(
+        self, text: str, *, files: Sequence[NamedFile] = (), view: Any = None, ping: bool = False
+    ) -> list[int]:
+        files, notes = fit_to_limit(files, self.upload_limit)
+        chunks = split_message("\n".join([text, *notes]) if notes else text)
+        if self._reply is None:
+            kwargs: dict[str, Any] = {
+                "mention_author": False,
+                "allowed_mentions": NO_PINGS,
+                "files": to_files(files),
+            }
+            if view is not None:
+                kwargs["view"] = view
+            self._reply = await self.message.reply(chunks[0], **kwargs)
+        else:
+            await self._reply.edit(content=chunks[0], attachments=to_files(files), view=view)
+        ids = [self._reply.id]
+        for chunk in chunks[1:]:
+            ids.append((await self.channel.send(chunk, allowed_mentions=NO_PINGS)).id)
+        return ids
+
+    async def fail(self, text: str) -> None:
+        await self.show(text, view=None)

@@ -1,0 +1,220 @@
+"""Answering questions about text and images with conversation memory (/chat, /describe, @mentions).
+
+The order of steps is what keeps the database clean: the model context is built from the stored history
+plus the new turn held in memory, and the user's turn and the answer are written only once the answer
+has been posted. A refused, failed or cancelled request therefore leaves no half conversation behind
+(a describe job still gets its finished record with the reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bot.delivery import InteractionOutlet, MessageOutlet, Throttle
+from bot.errors import Refusal
+from bot.formatting import clip, queue_line
+from bot.limits import CHAT
+from bot.policy import Requester, check_prompt
+from bot.store import ContextBudget, ConversationRef, JobKind, JobStatus
+from bot.tokens import TOKENS_PER_TURN
+from bot.views import progress_view
+from janus_engine.errors import InvalidRequest, JanusError, PromptTooLong
+from janus_engine.protocol import (
+    Cancelled,
+    Done,
+    Failed,
+    Queued,
+    Started,
+    TextDelta,
+    TextSampling,
+    Turn,
+    UnderstandRequest,
+)
+
+if TYPE_CHECKING:
+    from bot.app import JanusBot
+
+log = logging.getLogger(__name__)
+
+Outlet = InteractionOutlet | MessageOutlet
+
+
+@dataclass
+class Question:
+    """One user turn on its way to the model."""
+
+    who: Requester
+    settings: dict[str, Any]
+    text: str
+    images: list[bytes]
+    kind: JobKind | None = None  # DESCRIBE records a job (it has a Cancel button); chat turns do not
+    user_message_ids: tuple[int, ...] = ()
+    conversation: ConversationRef | None = None  # a reply continues the conversation it replied to
+
+
+def check_question(bot: JanusBot, who: Requester, settings: dict[str, Any], text: str) -> str:
+    """Cheap checks before deferring: length, blocked patterns, the user's cooldown and daily cap."""
+    text = text.strip()
+    limit = bot.config.understanding.max_message_chars
+    if len(text) > limit:
+        raise Refusal(f"Your message is {len(text)} characters long; the limit is {limit}.")
+    check_prompt(bot.config.access, who, settings, text)
+    bot.limiter.check(who.user_id, CHAT)
+    return text
+
+
+async def ask(bot: JanusBot, outlet: Outlet, q: Question) -> None:
+    """Submit the question and follow it to the end (streaming the answer into ``outlet``)."""
+    conv = q.conversation or await bot.store.resolve_conversation(bot.conversation_key(q.who, q.settings))
+    turns = await _model_turns(bot, conv.id, q.text, q.images)
+    u = bot.config.understanding
+    if q.kind is not None:
+        job = await bot.store.create_job(
+            q.kind,
+            user_id=q.who.user_id,
+            guild_id=q.who.guild_id,
+            channel_id=q.who.channel_id,
+            prompt=q.text,
+            params={"images": len(q.images), "conversation_id": conv.id},
+        )
+        job_id = job.id
+    else:
+        job_id = uuid.uuid4().hex
+    request = UnderstandRequest(
+        request_id=job_id,
+        turns=turns,
+        sampling=TextSampling(temperature=u.temperature, top_p=u.top_p, max_new_tokens=u.max_new_tokens),
+    )
+    try:
+        handle = bot.engine.submit(request, user_id=str(q.who.user_id))
+    except JanusError as exc:
+        if q.kind is not None:
+            await bot.store.finish_job(job_id, JobStatus.FAILED, error=exc.user_message)
+        raise
+    bot.limiter.commit(q.who.user_id, CHAT)
+    bot.spawn(_follow(bot, outlet, handle, q, conv, job_id))
+
+
+async def _model_turns(
+    bot: JanusBot, conversation_id: int, text: str, images: list[bytes]
+) -> tuple[Turn, ...]:
+    """Stored history that fits beside the new turn, then the new turn (not yet stored)."""
+    facts = bot.facts
+    budget = facts.history_budget(
+        bot.config.memory.context_token_budget, bot.config.understanding.max_new_tokens
+    )
+    per_image = facts.image_tokens + 2
+    cost = facts.count_tokens(text) + len(images) * per_image + TOKENS_PER_TURN
+    if cost > budget:
+        raise PromptTooLong(
+            "Your message and its images do not fit the model's context; shorten it or send fewer images."
+        )
+    history: tuple[Turn, ...] = ()
+    try:
+        ctx = await bot.store.build_context(
+            conversation_id,
+            ContextBudget(budget - cost, tokens_per_image=per_image, tokens_per_turn=TOKENS_PER_TURN),
+        )
+        history = ctx.turns
+    except InvalidRequest:  # no turns yet, or even the newest stored turn no longer fits: start fresh
+        history = ()
+    return (*history, Turn("user", text, tuple(images)))
+
+
+async def _follow(
+    bot: JanusBot, outlet: Outlet, handle: Any, q: Question, conv: ConversationRef, job_id: str
+) -> None:
+    throttle = Throttle(bot.config.ui.progress_interval_s)
+    cancel_view = progress_view(job_id) if q.kind is not None else None
+    view_kw: dict[str, Any] = {"view": cancel_view} if cancel_view is not None else {}
+    answer = ""
+    started = time.monotonic()
+    try:
+        async for event in handle:
+            if isinstance(event, Queued):
+                if throttle.ready():
+                    throttle.mark()
+                    await outlet.show(queue_line(event.position, event.eta_s), **view_kw)
+            elif isinstance(event, Started):
+                if q.kind is not None:
+                    await bot.store.mark_job_running(job_id)
+            elif isinstance(event, TextDelta):
+                answer += event.text
+                if throttle.ready():
+                    throttle.mark()
+                    await outlet.show(clip(answer + " ▌"), **view_kw)
+            elif isinstance(event, Done):
+                answer = event.result.text.strip() or "(the model gave an empty answer)"
+                ids = await outlet.final(answer, view=None)
+                user_turn = await bot.store.append_turn(
+                    conv.id,
+                    "user",
+                    q.text,
+                    author_id=q.who.user_id,
+                    images=q.images,
+                    message_ids=q.user_message_ids,
+                )
+                await bot.store.append_turn(
+                    conv.id, "assistant", answer, reply_to_turn_id=user_turn.id, message_ids=ids
+                )
+                if q.kind is not None:
+                    await bot.store.finish_job(
+                        job_id,
+                        JobStatus.DONE,
+                        timings={"total_s": time.monotonic() - started},
+                        message_ids=ids,
+                    )
+            elif isinstance(event, Failed):
+                if q.kind is not None:
+                    await bot.store.finish_job(job_id, JobStatus.FAILED, error=event.reason)
+                await outlet.fail(f"Sorry, that failed: {event.reason}")
+            elif isinstance(event, Cancelled):
+                if q.kind is not None:
+                    await bot.store.finish_job(job_id, JobStatus.CANCELLED)
+                await outlet.fail("Cancelled.")
+    except Exception:
+        log.exception("answering job %s failed", job_id)
+        if q.kind is not None:
+            await _finish_quietly(bot, job_id, "The bot hit an internal error while answering.")
+        await outlet.fail("Sorry, something went wrong on our side while answering; it was logged.")
+
+
+async def _finish_quietly(bot: JanusBot, job_id: str, reason: str) -> None:
+    try:
+        job = await bot.store.get_job(job_id)
+        if job is not None and not job.status.is_terminal:
+            await bot.store.finish_job(job_id, JobStatus.FAILED, error=reason)
+    except Exception:
+        log.exception("could not record the failure of job %s", job_id)
+
+
+async def answer_interaction(
+    bot: JanusBot,
+    interaction: Any,
+    *,
+    text: str,
+    attachments: list[Any],
+    kind: JobKind | None,
+) -> None:
+    """The interaction side of /chat, /describe, "Describe image" and the Describe button.
+
+    Everything that can be refused without downloading is refused before deferring (an ephemeral
+    answer); the download and decode happen after the defer, because they may take longer than 3 s.
+    """
+    from bot.uploads import check_attachments, read_images
+
+    who = bot.requester(interaction)
+    settings = await bot.gate(who)
+    text = check_question(bot, who, settings, text)
+    if not text and not attachments:
+        raise Refusal("Ask me something (or attach an image).")
+    check_attachments(attachments, bot.config.understanding)
+    await interaction.response.defer(thinking=True)
+    interaction.extras["public_defer"] = True
+    images = await read_images(attachments, bot.config.understanding)
+    await ask(bot, InteractionOutlet(interaction), Question(who, settings, text, images, kind=kind))
+    interaction.extras["answered"] = True

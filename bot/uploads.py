@@ -1,0 +1,82 @@
+"""Turning Discord attachments into validated PNG bytes for the model, refusing bad ones early.
+
+Type, size and count are checked from the attachment's metadata BEFORE anything is downloaded, so a
+100 MB video or a pile of files costs nothing. Only then are the bytes fetched and decoded by
+:func:`janus_engine.images.normalize_upload` (PIL, with pixel limits against decompression bombs). Every
+refusal is a :class:`BadUpload` whose message names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Sequence
+from typing import Protocol
+
+from bot.config import UnderstandingSection
+from bot.errors import BadUpload
+from janus_engine.errors import InvalidImage
+
+
+class AttachmentLike(Protocol):
+    """The part of discord.Attachment this module uses (keeps it testable without Discord)."""
+
+    filename: str
+    size: int
+    content_type: str | None
+
+    async def read(self) -> bytes: ...
+
+
+def content_type_of(att: AttachmentLike) -> str:
+    """The declared type, else a guess from the file name (Discord omits it for some uploads)."""
+    declared = (att.content_type or "").split(";")[0].strip().lower()
+    if declared:
+        return declared
+    guessed, _ = mimetypes.guess_type(att.filename)
+    return (guessed or "application/octet-stream").lower()
+
+
+def is_image(att: AttachmentLike) -> bool:
+    return content_type_of(att).startswith("image/")
+
+
+def check_attachments(atts: Sequence[AttachmentLike], limits: UnderstandingSection) -> None:
+    """Refuse by metadata alone: count, type and size. Nothing is downloaded here."""
+    if len(atts) > limits.max_images_per_message:
+        raise BadUpload(
+            f"Too many images: {len(atts)} attached, at most {limits.max_images_per_message} per message."
+        )
+    for att in atts:
+        kind = content_type_of(att)
+        if kind not in limits.allowed_content_types:
+            allowed = ", ".join(t.removeprefix("image/").upper() for t in limits.allowed_content_types)
+            raise BadUpload(f"`{att.filename}` is not a supported image ({kind}); send {allowed}.")
+        if att.size > limits.max_upload_bytes:
+            raise BadUpload(
+                f"`{att.filename}` is too large ({att.size / 1e6:.1f} MB); "
+                f"the limit is {limits.max_upload_bytes / 1e6:.1f} MB."
+            )
+
+
+async def read_images(atts: Sequence[AttachmentLike], limits: UnderstandingSection) -> list[bytes]:
+    """Check, then download and decode each attachment into validated RGB PNG bytes."""
+    check_attachments(atts, limits)
+    from janus_engine.images import normalize_upload  # PIL only; imported when first needed
+
+    out = []
+    for att in atts:
+        try:
+            data = await att.read()
+        except Exception as exc:
+            raise BadUpload(f"Could not download `{att.filename}`; please try again.") from exc
+        if len(data) > limits.max_upload_bytes:  # the metadata lied
+            raise BadUpload(
+                f"`{att.filename}` is larger than the {limits.max_upload_bytes / 1e6:.1f} MB limit."
+            )
+        try:
+            out.append(
+                normalize_upload(data, max_pixels=limits.max_image_pixels, max_bytes=limits.max_upload_bytes)
+            )
+        except InvalidImage as exc:
+            raise BadUpload(f"`{att.filename}`: {exc.user_message}") from exc
+    return out

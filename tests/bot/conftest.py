@@ -1,0 +1,161 @@
+"""The real bot (JanusBot, real engine workers on the tiny model, a real SQLite file) against the emulator.
+
+One world per test module: the emulator, a guild with channels and users, and a started bot whose
+setup_hook builds the engine and the store exactly as ``janus-bot run`` does. Starting the engine costs
+a few seconds (worker processes import torch), so tests in a module share it; each test uses its own
+users or channel so their memories and limits do not mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.app import JanusBot
+from bot.config import BotConfig, parse_config
+from discord_emulator import Channel, DiscordEmulator, Guild, User
+
+STEP_DELAY_S = 0.12  # tiny-model jobs last ~2 s, so progress, queueing and cancelling are observable
+
+
+def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (40, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_config(
+    tiny_model_dir: Path, db_path: Path, guild_id: int, owner_id: int, **overrides: Any
+) -> BotConfig:
+    doc: dict[str, Any] = {
+        "discord": {"guild_ids": [guild_id], "owners": [owner_id]},
+        "model": {
+            "model": str(tiny_model_dir),
+            "devices": ["cpu"],
+            "torch_threads": 1,
+            "local_files_only": True,
+        },
+        "engine": {
+            "max_queue": 8,
+            "max_queued_per_user": 2,
+            "max_running_per_user": 2,
+            "max_images_per_batch": 4,
+            "job_timeout_s": 60,
+            "worker_start_timeout_s": 120,
+            "preview_every": 4,
+        },
+        "generation": {"max_count": 4},
+        "understanding": {"max_new_tokens": 12, "temperature": 0.0, "max_upload_bytes": 200_000},
+        "memory": {"context_token_budget": 600},
+        "limits": {"imagine_cooldown_s": 0, "chat_cooldown_s": 0},
+        "access": {"blocked_prompt_patterns": [r"\bforbidden\b"]},
+        "database": {"url": f"sqlite+aiosqlite:///{db_path}"},
+    }
+    for section, values in overrides.items():
+        doc.setdefault(section, {}).update(values)
+    return parse_config(doc)
+
+
+@dataclass
+class World:
+    emu: DiscordEmulator
+    guild: Guild
+    general: Channel
+    users: dict[str, User]
+    owner: User
+    manager: User
+    config: BotConfig
+    tmp: Path
+    bot: JanusBot | None = None
+    task: asyncio.Task[None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def user(self, name: str) -> User:
+        """A fresh member of the guild (isolated memories, cooldowns and limits per test)."""
+        if name not in self.users:
+            self.users[name] = self.emu.add_user(name)
+            self.emu.add_member(self.guild, self.users[name])
+        return self.users[name]
+
+    def channel(self, name: str, **kwargs: Any) -> Channel:
+        return self.emu.add_channel(self.guild, name, **kwargs)
+
+    def set_limits(self, **changes: Any) -> None:
+        """Change limits at runtime the way /admin reload would."""
+        assert self.bot is not None
+        limits = dataclasses.replace(self.bot.config.limits, **changes)
+        self.bot.config = dataclasses.replace(self.bot.config, limits=limits)
+        self.bot.limiter.update(limits)
+
+    async def start_bot(self) -> JanusBot:
+        bot = JanusBot(
+            self.config,
+            engine_config=dataclasses.replace(self.config.engine_config(), step_delay_s=STEP_DELAY_S),
+            guild_ready_timeout=0.05,
+        )
+        task = asyncio.create_task(bot.start(self.emu.bot_token))
+        ready = asyncio.create_task(bot.wait_until_ready())
+        done, _ = await asyncio.wait({task, ready}, timeout=180, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()
+            raise RuntimeError("the bot stopped while starting")
+        assert done, "the bot did not become ready"
+        self.bot, self.task = bot, task
+        return bot
+
+    async def stop_bot(self) -> None:
+        if self.bot is not None:
+            await self.bot.close()
+            assert self.task is not None
+            await asyncio.wait_for(self.task, 60)
+        self.bot = self.task = None
+
+    async def run(self, user: User, channel: Channel, name: str, **options: Any):
+        itx = await self.emu.slash(user, channel, name, **options)
+        await itx.wait_response()
+        assert not itx.failed, itx.failure
+        return itx
+
+    async def final(self, itx: Any, predicate: Callable[[Any], bool], timeout: float = 30.0):
+        """The interaction's original response once ``predicate`` holds for it."""
+
+        def check():
+            msg = itx.original
+            return msg if msg is not None and not msg.loading and predicate(msg) else None
+
+        return await self.emu.wait_for(
+            check, timeout=timeout, message=f"final message of {itx.payload.get('data')}"
+        )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    tmp = tmp_path_factory.mktemp("bot-world")
+    async with DiscordEmulator() as emu:
+        guild = emu.add_guild("Janus Test", upload_limit=10 * 1024 * 1024)
+        general = emu.add_channel(guild, "general")
+        owner = emu.add_user("owner")
+        emu.add_member(guild, owner)
+        manager = emu.add_user("manager")
+        mods = emu.add_role(guild, "mods", permissions=discord.Permissions(manage_guild=True))
+        emu.add_member(guild, manager, roles=[mods])
+        config = make_config(tiny_model_dir, tmp / "janus.db", guild.id, owner.id)
+        w = World(emu, guild, general, {}, owner, manager, config, tmp)
+        with emu.configure_client():
+            await w.start_bot()
+            await emu.wait_for(lambda: emu.synced_commands(guild), timeout=30)
+            try:
+                yield w
+            finally:
+                await w.stop_bot()

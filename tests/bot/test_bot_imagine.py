@@ -1,0 +1,129 @@
+"""/imagine end to end: queue position, progress edits, images with buttons, and every button."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from conftest import World
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def _is_result(msg) -> bool:
+    return bool(msg.attachments) and any(cid.startswith("janus:reroll:") for cid in msg.custom_ids())
+
+
+async def test_imagine_shows_progress_then_images_with_buttons(world: World) -> None:
+    bot = world.bot
+    alice = world.user("alice")
+    itx = await world.run(alice, world.general, "imagine", prompt="a red fox @everyone", count=2, seed=7)
+    assert itx.deferred and not itx.ephemeral
+    msg = await world.final(itx, _is_result)
+    # Two PNGs of the tiny model's size, sent as files.
+    assert [a.filename[-6:] for a in msg.attachments] == ["-1.png", "-2.png"]
+    assert all(a.data.startswith(b"\x89PNG") for a in msg.attachments)
+    job_id = msg.custom_ids()[0].split(":")[2]
+    assert set(msg.custom_ids()) == {
+        f"janus:reroll:{job_id}",
+        f"janus:edit:{job_id}",
+        f"janus:delete:{job_id}",
+        f"janus:describe:{job_id}:0",
+        f"janus:describe:{job_id}:1",
+    }
+    assert "seed 7" in msg.content and "a red fox" in msg.content
+    # The echoed prompt cannot ping anyone.
+    assert not msg.pings.everyone and not msg.pings.roles
+    # Progress was shown in between: a progress bar edit with a Cancel button, at most once a second.
+    revisions = msg.revisions
+    bars = [r for r in revisions if "%" in (r.content or "")]
+    assert bars, [r.content for r in revisions]
+    assert any(r.attachment_ids for r in bars)  # the engine's preview image rode along
+    assert any(c.startswith("janus:cancel:") for r in bars for c in _custom_ids(r))
+    # revision.at is when that version was replaced: the edits were at these times, the last one being
+    # the final result (which is not held back); queue and progress edits are at least a second apart.
+    progress_edits = [r.at for r in revisions[:-1]]
+    assert all(b - a >= 0.95 for a, b in itertools.pairwise(progress_edits)), (
+        progress_edits
+    )
+    # The job record is finished with the message id and the seed.
+    job = await bot.store.get_job(job_id)
+    assert job.status == "done" and job.seed == 7 and msg.id in job.message_ids
+    assert job.params["count"] == 2
+
+
+def _custom_ids(revision) -> list[str]:
+    out = []
+    for row in revision.components or []:
+        for comp in row.get("components", []):
+            if "custom_id" in comp:
+                out.append(comp["custom_id"])
+    return out
+
+
+async def test_reroll_uses_a_new_seed_and_edit_prompt_opens_a_prefilled_modal(world: World) -> None:
+    emu = world.emu
+    bob = world.user("bob")
+    itx = await world.run(bob, world.general, "imagine", prompt="a blue whale", seed=11)
+    msg = await world.final(itx, _is_result)
+    job_id = msg.custom_ids()[0].split(":")[2]
+
+    press = await emu.press_button(world.user("carol"), msg, f"janus:reroll:{job_id}")
+    await press.wait_response()
+    rerolled = await world.final(press, _is_result)
+    new_job = await world.bot.store.get_job(rerolled.custom_ids()[0].split(":")[2])
+    assert new_job.prompt == "a blue whale" and new_job.seed != 11
+    assert new_job.user_id == world.user("carol").id and new_job.params["parent_job"] == job_id
+
+    press = await emu.press_button(bob, msg, f"janus:edit:{job_id}")
+    await press.wait_response()
+    assert press.modal is not None
+    field = press.modal["components"][0]["components"][0]
+    assert field["value"] == "a blue whale"
+    submit = await emu.submit_modal(bob, press, values={"prompt": "a green whale"})
+    await submit.wait_response()
+    edited = await world.final(submit, _is_result)
+    edited_job = await world.bot.store.get_job(edited.custom_ids()[0].split(":")[2])
+    assert edited_job.prompt == "a green whale" and edited_job.params["guidance"] == 5.0
+
+
+async def test_only_the_requester_can_delete(world: World) -> None:
+    emu = world.emu
+    dave, erin = world.user("dave"), world.user("erin")
+    itx = await world.run(dave, world.general, "imagine", prompt="a lighthouse")
+    msg = await world.final(itx, _is_result)
+    job_id = msg.custom_ids()[0].split(":")[2]
+    press = await emu.press_button(erin, msg, f"janus:delete:{job_id}")
+    await press.wait_response()
+    assert press.ephemeral and "Only the person" in press.original.content
+    assert not msg.deleted
+    press = await emu.press_button(dave, msg, f"janus:delete:{job_id}")
+    await press.wait_response()
+    await emu.wait_for(lambda: msg.deleted)
+
+
+async def test_cancel_button_while_running(world: World) -> None:
+    emu, bot = world.emu, world.bot
+    frank = world.user("frank")
+    itx = await world.run(frank, world.general, "imagine", prompt="a slow mountain", count=4)
+    progress = await emu.wait_for(
+        lambda: (
+            itx.original
+            if itx.original and any(c.startswith("janus:cancel:") for c in itx.original.custom_ids())
+            else None
+        )
+    )
+    job_id = next(c for c in progress.custom_ids() if c.startswith("janus:cancel:")).split(":")[2]
+    # Someone else cannot cancel it.
+    other = await emu.press_button(world.user("grace"), progress, f"janus:cancel:{job_id}")
+    await other.wait_response()
+    assert other.ephemeral and "Only the person" in other.original.content
+    press = await emu.press_button(frank, progress, f"janus:cancel:{job_id}")
+    await press.wait_response()
+    assert press.ephemeral
+    final = await world.final(itx, lambda m: "Cancelled" in m.content)
+    assert not final.attachments and final.custom_ids() == []
+    job = await bot.store.get_job(job_id)
+    assert job.status == "cancelled"
+    await asyncio.sleep(0)
