@@ -356,30 +356,38 @@ class JanusEngine:
 
     async def _dispatch_loop(self) -> None:
         """Whenever a worker is idle and jobs wait: gather for the batch window, then hand out batches."""
-        window = self.config.batch_window_s
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            while not self._closing:
-                idle = [s for s in self._slots if s.state == "idle"]
-                waiting = self._scheduler.dispatchable_weight()
-                if not idle or waiting == 0:
-                    break
-                oldest = self._scheduler.oldest_enqueued_at() or 0.0
-                pause = oldest + window - time.monotonic()
-                if pause > 0 and waiting < self.config.max_images_per_batch * len(idle):
-                    await asyncio.sleep(pause)  # let companions arrive; then look again
-                    continue
-                # Several idle workers share what waits instead of one taking it all.
-                share = max(1, math.ceil(waiting / len(idle)))
-                picked = self._scheduler.next_batch(
-                    max_images=min(self.config.max_images_per_batch, share),
-                    max_understand=min(self.config.max_understand_batch, share),
-                )
-                if not picked:
-                    break
-                self._run_batch(idle[0], picked)
-            self._refresh_queue_events()
+            try:
+                await self._dispatch_ready_batches()
+            except Exception:  # a bug here must not silently stop every future job
+                log.exception("dispatch failed; will retry on the next event")
+                await asyncio.sleep(0.1)
+                self._wake.set()
+
+    async def _dispatch_ready_batches(self) -> None:
+        window = self.config.batch_window_s
+        while not self._closing:
+            idle = [s for s in self._slots if s.state == "idle"]
+            waiting = self._scheduler.dispatchable_weight()
+            if not idle or waiting == 0:
+                break
+            oldest = self._scheduler.oldest_enqueued_at() or 0.0
+            pause = oldest + window - time.monotonic()
+            if pause > 0 and waiting < self.config.max_images_per_batch * len(idle):
+                await asyncio.sleep(pause)  # let companions arrive; then look again
+                continue
+            # Several idle workers share what waits instead of one taking it all.
+            share = max(1, math.ceil(waiting / len(idle)))
+            picked = self._scheduler.next_batch(
+                max_images=min(self.config.max_images_per_batch, share),
+                max_understand=min(self.config.max_understand_batch, share),
+            )
+            if not picked:
+                break
+            self._run_batch(idle[0], picked)
+        self._refresh_queue_events()
 
     def _run_batch(self, slot: _Slot, picked: list[QueuedJob]) -> None:
         assert self._loop is not None and slot.proc is not None
@@ -563,6 +571,8 @@ class JanusEngine:
         else:
             slot.failures_in_a_row += 1
             delay = min(self.config.restart_backoff_max_s, 2.0 ** slot.failures_in_a_row)
+            if not any(s.state in ("idle", "busy") for s in self._slots):
+                self._fail_queued(f"The model is not available right now: {slot.last_error or how}")
         slot.state = "restarting"
         assert self._loop is not None
         self._loop.call_later(delay, self._restart, slot)
@@ -587,6 +597,12 @@ class JanusEngine:
                 slot.start_timer.cancel()
 
     # ---- job endings and queue events ------------------------------------------------------------------
+
+    def _fail_queued(self, reason: str) -> None:
+        """No worker can load the model: waiting jobs get told now rather than wait for a restart."""
+        for job in self._scheduler.queued_jobs():
+            self._scheduler.remove(job.job_id)
+            self._end(self._jobs[job.job_id], Failed(job.job_id, reason, "ModelNotAvailable"))
 
     def _end(self, record: _Job, event: Done | Failed | Cancelled) -> None:
         job_id = record.handle.job_id

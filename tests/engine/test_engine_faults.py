@@ -45,10 +45,11 @@ async def test_worker_killed_mid_job_fails_that_job_and_a_restarted_worker_serve
     old_pid = engine.status().workers[0].pid
     handle = engine.submit(gen_request("doomed"), user_id="u1")
     events = []
-    async for event in handle:
-        events.append(event)
-        if isinstance(event, Progress) and event.step == 1:
-            os.kill(old_pid, signal.SIGKILL)
+    async with asyncio.timeout(60):
+        async for event in handle:
+            events.append(event)
+            if isinstance(event, Progress) and event.step == 1:
+                os.kill(old_pid, signal.SIGKILL)
     failed = events[-1]
     assert isinstance(failed, Failed)
     assert "SIGKILL" in failed.reason
@@ -74,9 +75,10 @@ async def test_job_over_the_time_limit_fails_and_its_worker_is_recycled(engine):
 
 async def test_stop_cancels_a_running_job_and_leaves_no_child_process(engine):
     handle = engine.submit(gen_request("interrupted"), user_id="u1")
-    async for event in handle:
-        if isinstance(event, Started):
-            break
+    async with asyncio.timeout(60):
+        async for event in handle:
+            if isinstance(event, Started):
+                break
     pid = engine.status().workers[0].pid
     await engine.stop(timeout=10)
     events = await collect(handle, timeout=5)

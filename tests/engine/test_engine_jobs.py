@@ -4,6 +4,7 @@ cancellation, event streams and a draining shutdown. One engine is shared by the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 
 import pytest
@@ -84,22 +85,25 @@ async def test_a_request_gives_the_same_images_alone_and_inside_a_batch(engine):
 
 
 async def test_event_streams_have_the_documented_shape(engine):
-    image = engine.submit(gen_request("shape-img"), user_id="u1")
+    image = engine.submit(dataclasses.replace(gen_request("shape-img"), preview_every=5), user_id="u1")
     text = engine.submit(chat_request("shape-chat", max_new_tokens=6), user_id="u2")
     image_events, text_events = await asyncio.gather(collect(image), collect(text))
 
     assert isinstance(image_events[0], Queued) and image_events[0].position >= 1
     assert any(isinstance(e, Started) for e in image_events)
-    steps = [e.step for e in image_events if isinstance(e, Progress)]
+    steps = [e.step for e in image_events if isinstance(e, Progress) and e.preview is None]
     total = next(e.total for e in image_events if isinstance(e, Progress))
     assert steps == list(range(1, total + 1))
+    previews = [e for e in image_events if isinstance(e, Progress) and e.preview is not None]
+    assert [e.step for e in previews] == list(range(5, total, 5))
+    assert all(e.preview.startswith(PNG_SIGNATURE) for e in previews)
     assert isinstance(image_events[-1], Done)
     kinds = [type(e) for e in image_events]
     assert kinds.index(Started) < kinds.index(Progress) < kinds.index(Done)
 
     deltas = "".join(e.text for e in text_events if isinstance(e, TextDelta))
     assert isinstance(text_events[-1], Done)
-    assert deltas == text_events[-1].result.text
+    assert deltas.strip() == text_events[-1].result.text
 
 
 async def test_fair_order_serves_a_second_user_before_the_first_users_backlog(engine):
@@ -154,10 +158,11 @@ async def test_cancel_running_job_stops_it_mid_way_and_its_batch_mate_finishes(e
     victim = engine.submit(gen_request("victim", seed=1), user_id="u1")
     mate = engine.submit(gen_request("mate", seed=2), user_id="u2")
     events = []
-    async for event in victim:
-        events.append(event)
-        if isinstance(event, Progress) and event.step == 1:
-            assert await engine.cancel("victim")
+    async with asyncio.timeout(60):
+        async for event in victim:
+            events.append(event)
+            if isinstance(event, Progress) and event.step == 1:
+                assert await engine.cancel("victim")
     assert isinstance(events[-1], Cancelled)
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress[-1].step < progress[-1].total
