@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -52,12 +53,22 @@ class GatewaySession:
 
     async def send(self, op: int, data: Any, event: str | None = None) -> None:
         async with self._send_lock:
+            if self.ws.closed:
+                return
             frame: dict[str, Any] = {"op": op, "d": data, "s": None, "t": event}
             if op == DISPATCH:
                 self.sequence += 1
                 frame["s"] = self.sequence
-            if not self.ws.closed:
-                await self.ws.send_str(json.dumps(frame))
+            await self.ws.send_str(json.dumps(frame))
+
+
+@dataclass
+class DroppedSession:
+    """A session whose socket dropped without a clean close: Discord keeps it for a RESUME."""
+
+    intents: int
+    sequence: int
+    backlog: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 class Gateway:
@@ -69,24 +80,32 @@ class Gateway:
         self.resume_url = ""  # the server's ws:// URL, set once it listens
         self.sessions: list[GatewaySession] = []
         self.session_ready = asyncio.Event()
+        self.dropped: dict[str, DroppedSession] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
     # -- outgoing events --------------------------------------------------------------------------
 
     def wants(self, session: GatewaySession, event: str, data: dict[str, Any]) -> bool:
+        return self.wants_intents(session.intents, event, data)
+
+    def redact_content(self, session: GatewaySession, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        return self.redact_intents(session.intents, event, data)
+
+    @staticmethod
+    def wants_intents(intents: int, event: str, data: dict[str, Any]) -> bool:
         """Intent filtering as Discord does it: no guild-message events without GUILD_MESSAGES, etc."""
         if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE"):
             needed = INTENT_GUILD_MESSAGES if data.get("guild_id") else INTENT_DIRECT_MESSAGES
-            return bool(session.intents & needed)
+            return bool(intents & needed)
         if event.startswith("MESSAGE_REACTION"):
-            return bool(session.intents & INTENT_GUILD_MESSAGE_REACTIONS) if data.get("guild_id") else True
+            return bool(intents & INTENT_GUILD_MESSAGE_REACTIONS) if data.get("guild_id") else True
         if event.startswith("GUILD_MEMBER"):
-            return bool(session.intents & INTENT_GUILD_MEMBERS)
+            return bool(intents & INTENT_GUILD_MEMBERS)
         return True
 
-    def redact_content(self, session: GatewaySession, event: str, data: dict[str, Any]) -> dict[str, Any]:
+    def redact_intents(self, intents: int, event: str, data: dict[str, Any]) -> dict[str, Any]:
         """Without MESSAGE_CONTENT, guild messages that do not mention the bot arrive without content."""
-        if event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE") or session.intents & INTENT_MESSAGE_CONTENT:
+        if event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE") or intents & INTENT_MESSAGE_CONTENT:
             return data
         bot_id = str(self.world.bot_user.id)
         if not data.get("guild_id") or data.get("author", {}).get("id") == bot_id:
@@ -95,8 +114,15 @@ class Gateway:
             return data
         return {**data, "content": "", "embeds": [], "attachments": [], "components": []}
 
+    def _backlog(self, event: str, data: dict[str, Any]) -> None:
+        """Events for dropped sessions wait for their RESUME, as Discord replays them."""
+        for dropped in self.dropped.values():
+            if self.wants_intents(dropped.intents, event, data):
+                dropped.backlog.append((event, self.redact_intents(dropped.intents, event, data)))
+
     def dispatch(self, event: str, data: dict[str, Any], intent: int | None = None) -> None:
         """Queue `event` to every identified session (fire-and-forget, but kept in order per session)."""
+        self._backlog(event, data)
         for session in list(self.sessions):
             if not session.identified or not self.wants(session, event, data):
                 continue
@@ -104,6 +130,7 @@ class Gateway:
 
     async def dispatch_now(self, event: str, data: dict[str, Any]) -> int:
         """Write `event` and wait until it is on the wire; returns how many sessions got it."""
+        self._backlog(event, data)
         sent = 0
         for session in list(self.sessions):
             if session.identified and self.wants(session, event, data):
@@ -136,6 +163,8 @@ class Gateway:
                 await self._on_frame(session, json.loads(msg.data))
         finally:
             self.sessions.remove(session)
+            if session.identified and ws.close_code not in (1000, 1001):
+                self.dropped.setdefault(session.session_id, DroppedSession(session.intents, session.sequence))
         return ws
 
     async def _on_frame(self, session: GatewaySession, frame: dict[str, Any]) -> None:
@@ -192,8 +221,18 @@ class Gateway:
         if not self._token_ok(data.get("token")):
             await session.ws.close(code=CLOSE_AUTH_FAILED, message=b"Authentication failed.")
             return
-        # Sessions are not kept across connections: the client re-identifies, as after a long outage.
-        await session.send(INVALID_SESSION, False)
+        dropped = self.dropped.pop(str(data.get("session_id")), None)
+        if dropped is None:
+            await session.send(INVALID_SESSION, False)  # unknown or cleanly closed: identify again
+            return
+        session.session_id = str(data["session_id"])
+        session.intents = dropped.intents
+        session.sequence = dropped.sequence
+        session.identified = True
+        for event, payload in dropped.backlog:
+            await session.send(DISPATCH, payload, event)
+        await session.send(DISPATCH, {}, "RESUMED")
+        session.ready.set()
 
     async def _members_chunk(self, session: GatewaySession, data: dict[str, Any]) -> None:
         guild = self.world.guilds.get(int(data.get("guild_id") or 0))
@@ -210,4 +249,8 @@ class Gateway:
 
     async def close_all(self, code: int = 1000) -> None:
         for session in list(self.sessions):
+            if session.identified and code not in (1000, 1001):
+                # Recorded before the close so a client's immediate RESUME finds it.
+                self.dropped[session.session_id] = DroppedSession(session.intents, session.sequence)
+            session.identified = False
             await session.ws.close(code=code)

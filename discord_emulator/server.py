@@ -246,6 +246,7 @@ class RestApi:
         if len(raw.get("options") or []) > 25:
             raise rules.invalid_form("options", "Must be 25 or fewer in length.")
         previous = next((c for c in existing if c["name"] == name and c["type"] == kind), None)
+        perms = raw.get("default_member_permissions")
         command = {
             "description": "",
             "nsfw": False,
@@ -257,7 +258,9 @@ class RestApi:
             "application_id": str(self.world.application_id),
             "type": kind,
             "version": str(self.world.snowflakes.next()),
-            "default_member_permissions": raw.get("default_member_permissions"),
+            "default_member_permissions": None
+            if perms is None
+            else str(int(perms)),  # a string, like Discord
             "options": raw.get("options") or [],
         }
         if guild_id is not None:

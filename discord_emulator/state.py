@@ -316,6 +316,15 @@ class Interaction:
         await asyncio.wait_for(self._responded.wait(), timeout)
         return self
 
+    async def wait_original(self, timeout: float = 10.0) -> Message:
+        """Wait until the original response exists and is no longer "thinking"; return it."""
+        async with asyncio.timeout(timeout):
+            while self.original is None or self.original.loading:
+                if self.failure is not None:
+                    raise AssertionError(f"interaction failed: {self.failure.reason}")
+                await asyncio.sleep(0.01)
+        return self.original
+
 
 @dataclass(frozen=True)
 class CommandSync:

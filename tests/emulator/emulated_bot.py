@@ -8,6 +8,7 @@ mentions) runs through the real client against the loopback server.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from dataclasses import dataclass, field
 
@@ -35,6 +36,9 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"job:(?P<jo
     async def callback(self, interaction: discord.Interaction) -> None:
         if self.action == "edit":
             await interaction.response.send_modal(EditPrompt(self.job))
+        elif self.action == "cancel":  # acknowledge now (type 6), edit the message afterwards
+            await interaction.response.defer()
+            await interaction.edit_original_response(content=f"job {self.job} cancelled", view=None)
         else:  # "reroll": update the message in place (callback type 7)
             await interaction.response.edit_message(
                 content=f"job {self.job} re-rolled by {interaction.user.name}"
@@ -62,6 +66,7 @@ class Observed:
     release_late_followup: asyncio.Event = field(default_factory=asyncio.Event)
     described_bytes: list[int] = field(default_factory=list)
     slow_seconds: float = 0.5
+    seen: list[str] = field(default_factory=list)  # content of user messages as the bot received them
 
 
 class EmulatedTestBot(commands.Bot):
@@ -85,6 +90,8 @@ class EmulatedTestBot(commands.Bot):
             await self.tree.sync(guild=guild)
 
     async def on_message(self, message: discord.Message) -> None:
+        if not message.author.bot:
+            self.observed.seen.append(message.content)
         if message.author.bot or self.user not in message.mentions:
             return
         sizes = [a.size for a in message.attachments]
@@ -110,13 +117,37 @@ class EmulatedTestBot(commands.Bot):
             interaction: discord.Interaction, prompt: str, count: app_commands.Range[int, 1, 4] = 1
         ) -> None:
             await interaction.response.defer(thinking=True)
-            files = [discord.File(_png_bytes(i), filename=f"image{i}.png") for i in range(count)]
+            files = [discord.File(io.BytesIO(_png_bytes(i)), filename=f"image{i}.png") for i in range(count)]
             view = discord.ui.View(timeout=None)
             view.add_item(JobButton(42, "reroll"))
             view.add_item(JobButton(42, "edit"))
             await interaction.followup.send(
                 f"{prompt} x{count}", files=files, view=view, allowed_mentions=discord.AllowedMentions.none()
             )
+
+        @tree.command(description="Progress, then an extra follow-up that is edited and deleted")
+        async def progress(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await interaction.edit_original_response(content="50%")
+            await interaction.edit_original_response(content="100%")
+            extra = await interaction.followup.send("extra", wait=True)
+            await extra.edit(content="extra edited")
+            await extra.delete()
+
+        @tree.command(description="Answer with an embed and a file at once")
+        async def card(interaction: discord.Interaction) -> None:
+            view = discord.ui.View(timeout=None)
+            view.add_item(JobButton(7, "cancel"))
+            await interaction.response.send_message(
+                embed=discord.Embed(title="Card", description="a card"),
+                file=discord.File(io.BytesIO(b"card-bytes"), filename="card.txt"),
+                view=view,
+            )
+
+        @tree.command(description="Send the user a DM")
+        async def dm(interaction: discord.Interaction) -> None:
+            await interaction.user.send("a private note")
+            await interaction.response.send_message("check your DMs", ephemeral=True)
 
         @tree.command(description="Answer too late")
         async def slow(interaction: discord.Interaction) -> None:
@@ -143,7 +174,9 @@ class EmulatedTestBot(commands.Bot):
         async def upload(interaction: discord.Interaction, mebibytes: int) -> None:
             await interaction.response.defer()
             try:
-                await interaction.followup.send(file=discord.File(_blob(mebibytes), filename="big.bin"))
+                await interaction.followup.send(
+                    file=discord.File(io.BytesIO(_blob(mebibytes)), filename="big.bin")
+                )
             except discord.HTTPException as exc:
                 observed.errors.append(exc)
                 await interaction.followup.send(f"too large for {interaction.filesize_limit} bytes")
