@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.store.database import WRITE_OPTION, create_engine
 
-DEFAULT_CONFIG_DB_KEY = ("database", "url")
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy.engine import Connection
+
+# Alembic logs one INFO line per built-in plugin when it is first imported (below, lazily, so that
+# importing this module stays cheap); those lines say nothing to an operator.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def migrations_dir() -> Path:
@@ -32,9 +32,12 @@ def migrations_dir() -> Path:
     return Path(migrations.__file__).resolve().parent
 
 
-def alembic_config(url: str | None = None, *, stdout: io.TextIOBase | None = None) -> Config:
-    """An Alembic Config for the packaged migrations (no ini file involved)."""
-    cfg = Config(stdout=stdout) if stdout is not None else Config()
+def alembic_config(url: str | None = None, *, output_buffer: TextIO | None = None) -> Config:
+    """An Alembic Config for the packaged migrations (no ini file involved). ``output_buffer`` receives
+    the SQL of offline (``sql=True``) runs."""
+    from alembic.config import Config
+
+    cfg = Config(output_buffer=output_buffer)
     cfg.set_main_option("script_location", str(migrations_dir()))
     if url is not None:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # the option parser interpolates %
@@ -42,10 +45,14 @@ def alembic_config(url: str | None = None, *, stdout: io.TextIOBase | None = Non
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def _run_on_engine(engine: AsyncEngine, action: str, revision: str, cfg: Config) -> None:
+    from alembic import command
+
     def run(connection: Connection) -> None:
         cfg.attributes["connection"] = connection
         getattr(command, action)(cfg, revision)
@@ -64,6 +71,8 @@ async def downgrade_database(target: str | AsyncEngine, revision: str) -> None:
 
 
 async def current_revision(target: str | AsyncEngine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     engine, owned = _engine_for(target)
     try:
         async with engine.connect() as connection:
@@ -74,7 +83,6 @@ async def current_revision(target: str | AsyncEngine) -> str | None:
 
 
 async def _migrate(target: str | AsyncEngine, action: str, revision: str) -> None:
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin, each run
     engine, owned = _engine_for(target)
     try:
         await _run_on_engine(engine, action, revision, alembic_config(str(engine.url)))

@@ -148,3 +148,23 @@ async def test_the_drift_check_would_see_a_model_change(db_url: str) -> None:
     finally:
         await engine.dispose()
     assert [d[0] for d in diff] == ["add_column"]
+
+
+def test_the_same_migrations_render_for_postgresql() -> None:
+    """No database server here, so Alembic's offline mode renders the PostgreSQL DDL: it must build,
+    with 64-bit snowflakes, auto-incrementing BIGINT keys and timezone-aware timestamps."""
+    import io
+
+    from alembic import command
+
+    from bot.store.migrate import alembic_config
+
+    up, down = io.StringIO(), io.StringIO()
+    command.upgrade(alembic_config("postgresql://bot@db/janus", output_buffer=up), "head", sql=True)
+    command.downgrade(alembic_config("postgresql://bot@db/janus", output_buffer=down), "head:base", sql=True)
+    ddl = up.getvalue()
+    assert "id BIGSERIAL NOT NULL" in ddl
+    assert "user_id BIGINT" in ddl
+    assert "TIMESTAMP WITH TIME ZONE" in ddl and "BYTEA" in ddl
+    assert ddl.count("CREATE TABLE") == len(APP_TABLES) + 1  # + alembic_version
+    assert down.getvalue().count("DROP TABLE") == len(APP_TABLES)  # alembic_version stays, emptied
