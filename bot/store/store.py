@@ -139,6 +139,18 @@ class Store:
             return ConversationScope.SHARED
         return ConversationScope.USER
 
+    async def open_conversation(
+        self, *, guild_id: int | None, channel_id: int, user_id: int, parent_channel_id: int | None = None
+    ) -> ConversationRef:
+        """The conversation a message from ``user_id`` in this channel or thread continues: the scope
+        from the settings (:meth:`scope_for_channel`), then the key, then :meth:`resolve_conversation`.
+        The one call the chat cog needs, so no caller can pick a scope that leaks between users."""
+        scope = await self.scope_for_channel(
+            guild_id=guild_id, channel_id=channel_id, parent_channel_id=parent_channel_id
+        )
+        key = ConversationKey.for_scope(scope, guild_id=guild_id, channel_id=channel_id, user_id=user_id)
+        return await self.resolve_conversation(key)
+
     async def resolve_conversation(self, key: ConversationKey) -> ConversationRef:
         """The conversation for ``key``, created on first use."""
         text_key = key.as_text()

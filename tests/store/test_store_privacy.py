@@ -23,9 +23,9 @@ async def count(store: Store, model) -> int:
 
 
 async def conversation_of(store: Store, user: int, *, channel: int = CHANNEL, parent: int | None = None):
-    scope = await store.scope_for_channel(guild_id=GUILD, channel_id=channel, parent_channel_id=parent)
-    key = ConversationKey.for_scope(scope, guild_id=GUILD, channel_id=channel, user_id=user)
-    return await store.resolve_conversation(key)
+    return await store.open_conversation(
+        guild_id=GUILD, channel_id=channel, user_id=user, parent_channel_id=parent
+    )
 
 
 async def context_text(store: Store, conversation_id: int) -> str:
@@ -76,6 +76,10 @@ async def test_direct_messages_are_per_user(store: Store) -> None:
     assert await store.scope_for_channel(guild_id=None, channel_id=555) is ConversationScope.DM
     key = ConversationKey.for_scope(ConversationScope.DM, guild_id=GUILD, channel_id=555, user_id=ALICE)
     assert key.guild_id is None and key.user_id == ALICE
+    dm = await store.open_conversation(guild_id=None, channel_id=555, user_id=ALICE)
+    assert dm.key == key
+    same_id_other_place = await store.open_conversation(guild_id=GUILD, channel_id=555, user_id=ALICE)
+    assert same_id_other_place.id != dm.id
 
 
 async def test_images_are_stored_once_and_leave_with_their_last_turn(store: Store, make_png) -> None:
