@@ -15,6 +15,9 @@ Only this package speaks SQL. Typical use from the bot::
     await store.mark_job_running(job.id); await store.finish_job(job.id, JobStatus.DONE, message_ids=[m])
 """
 
+from bot.store.database import default_database_url
+from bot.store.errors import ConversationNotFound, JobNotFound, NotFound, StoreError, TurnNotFound
+from bot.store.migrate import current_revision, upgrade_database
 from bot.store.records import (
     IMAGE_DROPPED_MARKER,
     SCOPE_SETTING,
@@ -32,9 +35,6 @@ from bot.store.records import (
     StoredImage,
     TurnRecord,
 )
-from bot.store.database import default_database_url
-from bot.store.errors import ConversationNotFound, JobNotFound, NotFound, StoreError, TurnNotFound
-from bot.store.migrate import current_revision, upgrade_database
 from bot.store.retention import apply_retention, start_retention_task
 from bot.store.store import Store, TokenCounter, estimate_tokens
 
