@@ -528,6 +528,7 @@ class Store:
         job_id: str | None = None,
     ) -> JobRecord:
         """Record a new job with status queued; the id (generated unless given) goes into custom_ids."""
+        _check_seed(seed)
         record = JobRecord(
             id=job_id or uuid.uuid4().hex,
             kind=JobKind(kind),
@@ -589,6 +590,7 @@ class Store:
         """End a job: done, failed (with ``error``) or cancelled. The first ending wins: a cancel that
         races a finished job does not turn it into a cancelled one; timings and messages are still added."""
         status = JobStatus(status)
+        _check_seed(seed)
         if not status.is_terminal:
             raise InvalidRequest(f"finish_job needs a final status, not {status.value}.")
         async with self._write() as conn:
@@ -1017,6 +1019,12 @@ async def _image_data(conn: AsyncConnection, hashes: set[str]) -> dict[str, byte
             (await conn.execute(select(Image.sha256, Image.data).where(Image.sha256.in_(chunk)))).all()
         )
     return data
+
+
+def _check_seed(seed: int | None) -> None:
+    """Seeds are stored as signed 64-bit integers (BIGINT on every backend)."""
+    if seed is not None and not -(2**63) <= seed < 2**63:
+        raise InvalidRequest("The seed must be an integer between 0 and 9223372036854775807.")
 
 
 def _merge(current: Mapping[str, Any] | None, changes: Mapping[str, Any]) -> dict[str, Any]:
