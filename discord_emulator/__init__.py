@@ -22,6 +22,7 @@ from discord_emulator.state import (
     Pings,
     Rejection,
     Role,
+    TranscriptLine,
     Upload,
     User,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Pings",
     "Rejection",
     "Role",
+    "TranscriptLine",
     "Upload",
     "User",
     "configure_client",

@@ -47,6 +47,7 @@ from discord_emulator.state import (
     Message,
     Rejection,
     Role,
+    TranscriptLine,
     Upload,
     User,
 )
@@ -61,6 +62,16 @@ def describe(itx: Interaction) -> str:
     """A short human label for an interaction: its command name or component custom_id."""
     data = itx.payload.get("data") or {}
     return str(data.get("name") or data.get("custom_id") or itx.id)
+
+
+def _show(value: Any) -> str:
+    """An option value as the transcript shows it."""
+    if isinstance(value, User | Member | Role | Channel):
+        return value.mention
+    if isinstance(value, Upload | tuple):
+        upload = Upload.coerce(value)
+        return f"[file {upload.filename} {len(upload.data)} B]"
+    return repr(value)
 
 
 def _permission_value(permissions: Any) -> int:
@@ -346,7 +357,8 @@ class DiscordEmulator:
         self.world.register_interaction(itx)
         return itx
 
-    async def _dispatch_interaction(self, itx: Interaction) -> Interaction:
+    async def _dispatch_interaction(self, itx: Interaction, action: str) -> Interaction:
+        self.world.note(itx.channel, itx.user.name, action)
         await self.gateway.flush()  # the bot sees earlier events (e.g. the message clicked on) first
         itx.dispatched_at = self.world.clock.now()
         await self.gateway.dispatch_now("INTERACTION_CREATE", itx.payload)
@@ -404,10 +416,11 @@ class DiscordEmulator:
         resolved = ResolvedBuilder(
             channel.guild, lambda upload: self.world.make_attachment(channel, upload, ephemeral=True)
         )
-        data = build_command_data(definition, path, {**(options or {}), **values}, resolved)
-        return await self._dispatch_interaction(
-            self._interaction(APPLICATION_COMMAND, user, channel, data, locale=locale)
-        )
+        given = {**(options or {}), **values}
+        data = build_command_data(definition, path, given, resolved)
+        shown = " ".join(f"{k}:{_show(v)}" for k, v in given.items())
+        itx = self._interaction(APPLICATION_COMMAND, user, channel, data, locale=locale)
+        return await self._dispatch_interaction(itx, f"/{command} {shown}".rstrip())
 
     async def context_menu(
         self,
@@ -443,7 +456,9 @@ class DiscordEmulator:
         }
         if definition.get("guild_id"):
             data["guild_id"] = definition["guild_id"]
-        return await self._dispatch_interaction(self._interaction(APPLICATION_COMMAND, user, channel, data))
+        itx = self._interaction(APPLICATION_COMMAND, user, channel, data)
+        target_name = f"message {target.id}" if isinstance(target, Message) else target.name
+        return await self._dispatch_interaction(itx, f"Apps > {command!r} on {target_name}")
 
     def _component_on(self, user: User, message: Message, custom_id: str) -> dict[str, Any]:
         if message.deleted:
@@ -465,7 +480,7 @@ class DiscordEmulator:
             raise EmulatorUsageError(f"component {custom_id!r} is not a button")
         data = {"custom_id": custom_id, "component_type": 2}
         itx = self._interaction(MESSAGE_COMPONENT, user, message.channel, data, source=message)
-        return await self._dispatch_interaction(itx)
+        return await self._dispatch_interaction(itx, f"pressed [{component.get('label') or custom_id}]")
 
     async def select(
         self, user: User, message: Message, custom_id: str, values: Sequence[str]
@@ -481,7 +496,7 @@ class DiscordEmulator:
             raise EmulatorUsageError(f"select {custom_id!r} offers only {sorted(allowed)}")
         data = {"custom_id": custom_id, "component_type": component["type"], "values": list(values)}
         itx = self._interaction(MESSAGE_COMPONENT, user, message.channel, data, source=message)
-        return await self._dispatch_interaction(itx)
+        return await self._dispatch_interaction(itx, f"selected {list(values)} in {custom_id!r}")
 
     async def submit_modal(
         self,
@@ -501,7 +516,7 @@ class DiscordEmulator:
         itx = self._interaction(
             MODAL_SUBMIT, user, interaction.channel, data, source=interaction.source_message
         )
-        return await self._dispatch_interaction(itx)
+        return await self._dispatch_interaction(itx, f"submitted {modal.get('title')!r} {values or {}}")
 
     # -- acting as users: messages ------------------------------------------------------------------
 
@@ -652,6 +667,14 @@ class DiscordEmulator:
 
         return await self.wait_for(find, timeout, message=f"a message in #{channel.name}")
 
+    @property
+    def transcript(self) -> list[TranscriptLine]:
+        return self.world.transcript
+
+    def format_transcript(self) -> str:
+        """The session as text: who did what where, what the bot answered, edits, failures, rejections."""
+        return "\n".join(line.format(self.world.started_at) for line in self.world.transcript)
+
     def assert_clean(self) -> None:
         """Fail if any interaction failed, any request was rejected, or the bot used an unknown route."""
         problems = [f"interaction failed: {f.reason} ({describe(f.interaction)})" for f in self.failures]
@@ -660,4 +683,10 @@ class DiscordEmulator:
         ]
         problems += [f"unknown route {method} {path}" for method, path in self.unknown_routes]
         if problems:
-            raise AssertionError("Discord emulator saw problems:\n  " + "\n  ".join(problems))
+            recent = "\n".join(line.format(self.world.started_at) for line in self.world.transcript[-20:])
+            raise AssertionError(
+                "Discord emulator saw problems:\n  "
+                + "\n  ".join(problems)
+                + "\nRecent transcript:\n"
+                + recent
+            )

@@ -357,3 +357,16 @@ class Upload:
         if isinstance(value, Upload):
             return value
         return cls(*value)
+
+
+@dataclass(frozen=True)
+class TranscriptLine:
+    """One thing that happened, in words: for the offline demo's printout and for test failure output."""
+
+    at: float
+    where: str
+    who: str
+    text: str
+
+    def format(self, start: float) -> str:
+        return f"[{self.at - start:7.2f}s] {self.where} {self.who}: {self.text}"

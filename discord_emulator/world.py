@@ -31,6 +31,7 @@ from discord_emulator.state import (
     Pings,
     Rejection,
     SnowflakeFactory,
+    TranscriptLine,
     Upload,
     User,
 )
@@ -74,6 +75,24 @@ class World:
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
         self.command_syncs: list[CommandSync] = []
         self.dispatch: Dispatch = lambda event, data, intent: None
+        self.started_at = self.clock.now()
+        self.transcript: list[TranscriptLine] = []
+
+    def note(self, channel: Channel | None, who: str, text: str) -> None:
+        where = "-" if channel is None else (f"@{channel.name}" if channel.type == DM else f"#{channel.name}")
+        self.transcript.append(TranscriptLine(self.clock.now(), where, who, text))
+
+    @staticmethod
+    def describe_message(message: Message) -> str:
+        parts = [repr(message.content)] if message.content else []
+        parts += [f"[embed {e.get('title') or e.get('description', '')[:40]!r}]" for e in message.embeds]
+        parts += [f"[file {a.filename} {a.size} B]" for a in message.attachments]
+        parts += [f"[button {b.get('label') or b.get('custom_id')}]" for b in message.buttons()]
+        if message.loading:
+            parts.append("(thinking...)")
+        if message.ephemeral:
+            parts.append("(only you can see this)")
+        return " ".join(parts) or "(empty)"
 
     @property
     def application_id(self) -> int:
@@ -218,6 +237,7 @@ class World:
             tts=bool(payload.get("tts")),
         )
         self.messages[message.id] = message
+        self.note(channel, author.name, self.describe_message(message))
         if not ephemeral:
             self.dispatch("MESSAGE_CREATE", self.message_event(message), None)
         return message
@@ -267,12 +287,15 @@ class World:
             message.pings.everyone or pings.everyone,
         )
         message.edited_at = now
+        verb = "answers" if message.revisions[-1].flags & FLAG_LOADING else "edited ->"
+        self.note(message.channel, message.author.name, f"{verb} {self.describe_message(message)}")
         if not message.ephemeral:
             self.dispatch("MESSAGE_UPDATE", self.message_event(message), None)
         return message
 
     def delete_message(self, message: Message) -> None:
         message.deleted = True
+        self.note(message.channel, message.author.name, f"deleted message {message.id}")
         if not message.ephemeral:
             data = {"id": str(message.id), "channel_id": str(message.channel.id)}
             if message.channel.guild:
@@ -316,6 +339,9 @@ class World:
         if interaction.failure is None:
             interaction.failure = InteractionFailure(interaction, reason, self.clock.now())
             self.failures.append(interaction.failure)
+            self.note(
+                interaction.channel, interaction.user.name, f"sees 'This interaction failed' ({reason})"
+            )
             interaction._responded.set()
 
     def check_deadline(self, interaction: Interaction) -> None:
@@ -337,3 +363,4 @@ class World:
 
     def record_rejection(self, method: str, path: str, error: rules.DiscordAPIError) -> None:
         self.rejections.append(Rejection(method, path, error.status, error.code, error.message))
+        self.note(None, "discord", f"rejected {method} {path}: {error.status} {error.message}")

@@ -88,6 +88,16 @@ async def test_dynamic_button_updates_its_message(scene: Scene) -> None:
     assert press.original is message
     assert message.content == "job 42 re-rolled by bob"
     assert message.revisions[-1].content == "a dog x1"
+    lines = emu.format_transcript().splitlines()
+    assert lines[0].endswith("#general alice: /imagine prompt:'a dog'")
+    assert any(
+        "#general Janus: answers 'a dog x1' [file image0.png 72 B] [button Reroll] [button Edit]" in x
+        for x in lines
+    )
+    assert lines[-2].endswith("#general bob: pressed [Reroll]")
+    assert lines[-1].endswith(
+        "Janus: edited -> 'job 42 re-rolled by bob' [file image0.png 73 B] [button Reroll] [button Edit]"
+    )
     emu.assert_clean()
 
 

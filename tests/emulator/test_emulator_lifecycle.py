@@ -30,6 +30,11 @@ async def test_global_sync_and_login_identity_match_the_application() -> None:
                 itx = await emu.slash(carol, general, "ping")
                 assert (await itx.wait_original()).content == "pong"
                 assert "guild_id" not in itx.payload["data"]  # a global command
+                in_dm = await emu.slash(carol, emu.dm_channel(carol), "ping")  # global commands work in DMs
+                assert (await in_dm.wait_original()).content == "pong"
+                thread = emu.add_thread(general, "side chat")
+                in_thread = await emu.slash(carol, thread, "echo", text="threaded")
+                assert (await in_thread.wait_original()).channel is thread
             finally:
                 await stop_bot(bot, task)
         emu.assert_clean()
