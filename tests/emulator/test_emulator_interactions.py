@@ -96,7 +96,7 @@ async def test_dynamic_button_updates_its_message(scene: Scene) -> None:
     )
     assert lines[-2].endswith("#general bob: pressed [Reroll]")
     assert lines[-1].endswith(
-        "Janus: edited -> 'job 42 re-rolled by bob' [file image0.png 73 B] [button Reroll] [button Edit]"
+        "Janus: edited -> 'job 42 re-rolled by bob' [file image0.png 72 B] [button Reroll] [button Edit]"
     )
     emu.assert_clean()
 
