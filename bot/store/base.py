@@ -1,0 +1,97 @@
+"""What every part of the store shares: the engine, the transaction helpers, the token counter.
+
+Every public method of the store is one transaction: ``_write`` (BEGIN IMMEDIATE on SQLite, committed when
+the block ends, rolled back on any exception) or ``_read`` (one consistent snapshot).
+
+On SQLite, writes from this process also queue on an asyncio lock: SQLite has one writer at a time anyway,
+and waiting on the lock is fair and instant where waiting in SQLite's busy handler means polling with
+sleeps. The busy timeout still covers other processes (``janus-bot db upgrade`` while the bot runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.store.database import WRITE_OPTION, create_engine
+from janus_engine.errors import InvalidRequest
+
+TokenCounter = Callable[[str], int]
+
+_IN_CHUNK = 500  # ids per IN (...) list, well under every backend's bound-parameter limit
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about 3 bytes a token for the DeepSeek BPE on English text)."""
+    return (len(text.encode("utf-8")) + 2) // 3
+
+
+class StoreBase:
+    """The engine and transactions; the feature mixins build on it."""
+
+    def __init__(self, engine: AsyncEngine, *, count_tokens: TokenCounter = estimate_tokens) -> None:
+        """Wrap an engine made by :func:`bot.store.database.create_engine` (it sets SQLite up)."""
+        self.engine = engine
+        self.count_tokens = count_tokens
+        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @classmethod
+    async def open(
+        cls, url: str, *, count_tokens: TokenCounter = estimate_tokens, upgrade: bool = True
+    ) -> Self:
+        """Connect to ``url`` and (by default) upgrade its schema to the newest migration first."""
+        engine = create_engine(url)
+        if upgrade:
+            from bot.store.migrate import upgrade_database
+
+            try:
+                await upgrade_database(engine)
+            except BaseException:
+                await engine.dispose()
+                raise
+        return cls(engine, count_tokens=count_tokens)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction: committed when the block ends, rolled back on any exception."""
+        if self._write_lock is None:
+            async with self._writer.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+
+def chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def json_dict(value: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A plain JSON-safe copy, or a clear error now instead of a failed commit later."""
+    try:
+        return json.loads(json.dumps(dict(value)))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(
+            f"The {what} must be JSON data (strings, numbers, lists, dicts): {exc}"
+        ) from None

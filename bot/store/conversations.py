@@ -1,0 +1,347 @@
+"""Conversations and their turns: resolving a conversation, appending turns with images, building the
+model context. Images are stored once per sha256 and shared by the turns that show them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.store.base import TokenCounter, chunks
+from bot.store.context import TurnCost, plan_context
+from bot.store.errors import ConversationNotFound, TurnNotFound
+from bot.store.models import (
+    Conversation,
+    ConversationTurn,
+    Image,
+    TurnImage,
+    TurnMessage,
+    utcnow,
+)
+from bot.store.png import png_dimensions
+from bot.store.records import (
+    IMAGE_DROPPED_MARKER,
+    SCOPE_SETTING,
+    ContextBudget,
+    ConversationKey,
+    ConversationRef,
+    ConversationScope,
+    ModelContext,
+    StoredImage,
+    TurnRecord,
+)
+from bot.store.rows import conversation_ref, conversation_select, image_info_select, load_turn_records
+from bot.store.settings import SettingsMixin
+from janus_engine.errors import InvalidRequest
+from janus_engine.protocol import Role, Turn
+
+_CONTEXT_PAGE = 64  # turns fetched per step when building a context; 4096 tokens rarely need more
+_ROLES = ("user", "assistant")
+
+
+class ConversationsMixin(SettingsMixin):
+    async def scope_for_channel(
+        self, *, guild_id: int | None, channel_id: int, parent_channel_id: int | None = None
+    ) -> ConversationScope:
+        """The scope a message in this channel gets: DM without a guild, else the channel's (or, for a
+        thread, its parent channel's, or the guild's) ``conversation_scope`` setting, USER by default."""
+        if guild_id is None:
+            return ConversationScope.DM
+        settings = await self.effective_settings(
+            guild_id=guild_id, channel_id=channel_id, parent_channel_id=parent_channel_id
+        )
+        if settings.get(SCOPE_SETTING) == ConversationScope.SHARED.value:
+            return ConversationScope.SHARED
+        return ConversationScope.USER
+
+    async def open_conversation(
+        self, *, guild_id: int | None, channel_id: int, user_id: int, parent_channel_id: int | None = None
+    ) -> ConversationRef:
+        """The conversation a message from ``user_id`` in this channel or thread continues: the scope
+        from the settings (:meth:`scope_for_channel`), then the key, then :meth:`resolve_conversation`.
+        The one call the chat cog needs, so no caller can pick a scope that leaks between users."""
+        scope = await self.scope_for_channel(
+            guild_id=guild_id, channel_id=channel_id, parent_channel_id=parent_channel_id
+        )
+        key = ConversationKey.for_scope(scope, guild_id=guild_id, channel_id=channel_id, user_id=user_id)
+        return await self.resolve_conversation(key)
+
+    async def resolve_conversation(self, key: ConversationKey) -> ConversationRef:
+        """The conversation for ``key``, created on first use."""
+        text_key = key.as_text()
+        async with self._read() as conn:
+            row = (await conn.execute(conversation_select().where(Conversation.key == text_key))).first()
+        if row is not None:
+            return conversation_ref(row)
+        now = utcnow()
+        values = {
+            "key": text_key,
+            "scope": key.scope.value,
+            "guild_id": key.guild_id,
+            "channel_id": key.channel_id,
+            "user_id": key.user_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self._write() as conn:
+                row = (await conn.execute(conversation_select().where(Conversation.key == text_key))).first()
+                if row is None:
+                    await conn.execute(insert(Conversation).values(**values))
+                    row = (
+                        await conn.execute(conversation_select().where(Conversation.key == text_key))
+                    ).one()
+        except IntegrityError:  # another process created it between our read and write (PostgreSQL)
+            async with self._read() as conn:
+                row = (await conn.execute(conversation_select().where(Conversation.key == text_key))).one()
+        return conversation_ref(row)
+
+    async def get_conversation(self, conversation_id: int) -> ConversationRef | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(conversation_select().where(Conversation.id == conversation_id))
+            ).first()
+        return None if row is None else conversation_ref(row)
+
+    async def conversation_for_message(self, message_id: int) -> ConversationRef | None:
+        """The conversation a Discord message (user's or bot's) belongs to, e.g. for replies."""
+        stmt = (
+            conversation_select()
+            .join(ConversationTurn, ConversationTurn.conversation_id == Conversation.id)
+            .join(TurnMessage, TurnMessage.turn_id == ConversationTurn.id)
+            .where(TurnMessage.message_id == message_id)
+        )
+        async with self._read() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else conversation_ref(row)
+
+    async def turn_for_message(self, message_id: int) -> TurnRecord | None:
+        """The turn a Discord message shows, if it is still stored."""
+        async with self._read() as conn:
+            turn_id = await conn.scalar(
+                select(TurnMessage.turn_id).where(TurnMessage.message_id == message_id)
+            )
+            if turn_id is None:
+                return None
+            turns = await load_turn_records(conn, [turn_id])
+        return turns[0] if turns else None
+
+    async def append_turn(
+        self,
+        conversation_id: int,
+        role: Role,
+        text: str,
+        *,
+        author_id: int | None = None,
+        images: Sequence[bytes] = (),
+        message_ids: Iterable[int] = (),
+        reply_to_turn_id: int | None = None,
+        count_tokens: TokenCounter | None = None,
+        created_at: datetime | None = None,
+    ) -> TurnRecord:
+        """Write one turn with its images (PNG bytes, deduplicated by sha256) in one transaction.
+
+        The token count of ``text`` is taken here, with ``count_tokens`` or the store's counter, and kept
+        with the turn so that building a context never tokenizes old turns again."""
+        if role not in _ROLES:
+            raise InvalidRequest(f"A turn's role must be 'user' or 'assistant', not {role!r}.")
+        tokens = int((count_tokens or self.count_tokens)(text))
+        blobs = [(hashlib.sha256(png).hexdigest(), png, *png_dimensions(png)) for png in images]
+        hashes = tuple(sha for sha, *_ in blobs)
+        messages = tuple(dict.fromkeys(int(m) for m in message_ids))
+        now = created_at or utcnow()
+        try:
+            async with self._write() as conn:
+                await _insert_missing_images(conn, blobs, now)
+                result = await conn.execute(
+                    insert(ConversationTurn).values(
+                        conversation_id=conversation_id,
+                        role=role,
+                        text=text,
+                        author_id=author_id,
+                        reply_to_turn_id=reply_to_turn_id,
+                        token_count=tokens,
+                        created_at=now,
+                    )
+                )
+                turn_id = int(result.inserted_primary_key[0])
+                if hashes:
+                    await conn.execute(
+                        insert(TurnImage),
+                        [
+                            {"turn_id": turn_id, "position": i, "image_sha256": sha}
+                            for i, sha in enumerate(hashes)
+                        ],
+                    )
+                if messages:
+                    await conn.execute(
+                        insert(TurnMessage), [{"message_id": m, "turn_id": turn_id} for m in messages]
+                    )
+                await conn.execute(
+                    update(Conversation).where(Conversation.id == conversation_id).values(updated_at=now)
+                )
+        except IntegrityError as exc:
+            raise await self._explain_turn_integrity_error(conversation_id, reply_to_turn_id) from exc
+        return TurnRecord(
+            id=turn_id,
+            conversation_id=conversation_id,
+            role=role,
+            text=text,
+            author_id=author_id,
+            message_ids=messages,
+            image_hashes=hashes,
+            token_count=tokens,
+            created_at=now,
+            reply_to_turn_id=reply_to_turn_id,
+        )
+
+    async def _explain_turn_integrity_error(self, conversation_id: int, reply_to: int | None) -> Exception:
+        if await self.get_conversation(conversation_id) is None:
+            return ConversationNotFound("This conversation was deleted (forgotten); start a new one.")
+        if reply_to is not None:
+            return TurnNotFound("The message this answers is no longer in memory.")
+        return InvalidRequest("One of these Discord messages is already stored with another turn.")
+
+    async def add_turn_messages(self, turn_id: int, message_ids: Iterable[int]) -> None:
+        """Attach Discord message ids to a turn after it was written (the reply is posted later)."""
+        rows = [{"message_id": int(m), "turn_id": turn_id} for m in dict.fromkeys(message_ids)]
+        if not rows:
+            return
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(TurnMessage), rows)
+        except IntegrityError as exc:
+            raise TurnNotFound("That turn is no longer stored, or a message is already attached.") from exc
+
+    async def list_turns(self, conversation_id: int, *, limit: int | None = None) -> list[TurnRecord]:
+        """Turns oldest first (the newest ``limit`` if given)."""
+        stmt = (
+            select(ConversationTurn.id)
+            .where(ConversationTurn.conversation_id == conversation_id)
+            .order_by(ConversationTurn.id.desc())
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self._read() as conn:
+            ids = list((await conn.scalars(stmt)).all())
+            records = await load_turn_records(conn, ids)
+        return sorted(records, key=lambda t: t.id)
+
+    async def build_context(
+        self,
+        conversation_id: int,
+        budget: ContextBudget,
+        *,
+        up_to_turn_id: int | None = None,
+        count_tokens: TokenCounter | None = None,
+    ) -> ModelContext:
+        """The model input ending with ``up_to_turn_id`` (default: the newest turn) within ``budget``.
+
+        Raises ``PromptTooLong`` when the current turn alone does not fit, ``TurnNotFound`` when
+        ``up_to_turn_id`` is not (any more) in this conversation, ``InvalidRequest`` when it is empty.
+        See :mod:`bot.store.context` for the rules."""
+        marker_tokens = int((count_tokens or self.count_tokens)(IMAGE_DROPPED_MARKER))
+        async with self._read() as conn:
+            fetched: list[TurnCost] = []
+            page = _CONTEXT_PAGE
+            while True:
+                more = await _turn_costs(conn, conversation_id, up_to_turn_id, before=fetched, limit=page)
+                fetched.extend(more)
+                if not fetched:
+                    if up_to_turn_id is not None:
+                        raise TurnNotFound("The message to answer is no longer in this conversation.")
+                    raise InvalidRequest("There is nothing in this conversation to answer yet.")
+                if up_to_turn_id is not None and fetched[0].id != up_to_turn_id:
+                    raise TurnNotFound("The message to answer is no longer in this conversation.")
+                plan = plan_context(fetched, budget, marker_tokens)
+                if len(more) < page or not plan.used_all_given:
+                    break
+                page *= 2
+            kept = {sha for p in plan.turns for sha in p.kept_images}
+            data = await _image_data(conn, kept)
+        turns = tuple(
+            Turn(role=p.turn.role, text=p.text, images=tuple(data[sha] for sha in p.kept_images))  # type: ignore[arg-type]
+            for p in plan.turns
+        )
+        return ModelContext(
+            turns=turns,
+            token_count=plan.token_count,
+            turn_ids=tuple(p.turn.id for p in plan.turns),
+            omitted_turns=plan.omitted_turns,
+            omitted_images=plan.omitted_images,
+        )
+
+    async def get_image(self, sha256: str) -> bytes | None:
+        async with self._read() as conn:
+            return await conn.scalar(select(Image.data).where(Image.sha256 == sha256))
+
+    async def image_info(self, sha256: str) -> StoredImage | None:
+        async with self._read() as conn:
+            row = (await conn.execute(image_info_select().where(Image.sha256 == sha256))).first()
+        return None if row is None else StoredImage(*row)
+
+
+async def _insert_missing_images(
+    conn: AsyncConnection, blobs: Sequence[tuple[str, bytes, int, int]], now: datetime
+) -> None:
+    """Store each image once: a hash already present is the same bytes (sha256), so it is reused."""
+    if not blobs:
+        return
+    wanted = {sha: (png, w, h) for sha, png, w, h in blobs}
+    present = set((await conn.scalars(select(Image.sha256).where(Image.sha256.in_(list(wanted))))).all())
+    rows = [
+        {"sha256": sha, "data": png, "width": w, "height": h, "size_bytes": len(png), "created_at": now}
+        for sha, (png, w, h) in wanted.items()
+        if sha not in present
+    ]
+    if rows:
+        await conn.execute(insert(Image), rows)
+
+
+async def _turn_costs(
+    conn: AsyncConnection, conversation_id: int, up_to: int | None, *, before: Sequence[TurnCost], limit: int
+) -> list[TurnCost]:
+    """The next ``limit`` turns, newest first, older than those already fetched (``before``), with their
+    image hashes: one statement (so one consistent read, and one round trip to the database thread)."""
+    page = (
+        select(
+            ConversationTurn.id, ConversationTurn.role, ConversationTurn.text, ConversationTurn.token_count
+        )
+        .where(ConversationTurn.conversation_id == conversation_id)
+        .order_by(ConversationTurn.id.desc())
+        .limit(limit)
+    )
+    if before:
+        page = page.where(ConversationTurn.id < before[-1].id)
+    elif up_to is not None:
+        page = page.where(ConversationTurn.id <= up_to)
+    turns = page.subquery()
+    stmt = (
+        select(turns, TurnImage.image_sha256)
+        .outerjoin(TurnImage, TurnImage.turn_id == turns.c.id)
+        .order_by(turns.c.id.desc(), TurnImage.position)
+    )
+    costs: list[TurnCost] = []
+    for row in (await conn.execute(stmt)).all():
+        if costs and costs[-1].id == row.id:
+            last = costs[-1]
+            costs[-1] = TurnCost(
+                last.id, last.role, last.text, last.token_count, (*last.image_hashes, row.image_sha256)
+            )
+        else:
+            images = (row.image_sha256,) if row.image_sha256 is not None else ()
+            costs.append(TurnCost(row.id, row.role, row.text, row.token_count, images))
+    return costs
+
+
+async def _image_data(conn: AsyncConnection, hashes: set[str]) -> dict[str, bytes]:
+    data: dict[str, bytes] = {}
+    for chunk in chunks(sorted(hashes)):
+        data.update(
+            (await conn.execute(select(Image.sha256, Image.data).where(Image.sha256.in_(chunk)))).all()
+        )
+    return data
