@@ -44,6 +44,8 @@ _ROLES = ("user", "assistant")
 
 
 class ConversationsMixin(SettingsMixin):
+    """Conversations, turns, images and context building (scopes come from the settings)."""
+
     async def scope_for_channel(
         self, *, guild_id: int | None, channel_id: int, parent_channel_id: int | None = None
     ) -> ConversationScope:

@@ -26,6 +26,8 @@ from janus_engine.errors import InvalidRequest
 
 
 class JobsMixin(StoreBase):
+    """Job records: created queued, then running, then ended once."""
+
     async def create_job(
         self,
         kind: JobKind,

@@ -41,6 +41,8 @@ from bot.store.rows import (
 
 
 class PrivacyMixin(StoreBase):
+    """Forget, retention and export."""
+
     async def forget_user(
         self,
         user_id: int,

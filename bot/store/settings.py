@@ -21,6 +21,8 @@ from bot.store.records import (
 
 
 class SettingsMixin(StoreBase):
+    """Guild and channel settings as JSON dicts, and the audit log of admin actions."""
+
     async def get_guild_settings(self, guild_id: int) -> dict[str, Any]:
         async with self._read() as conn:
             data = await conn.scalar(select(GuildSettings.data).where(GuildSettings.guild_id == guild_id))
