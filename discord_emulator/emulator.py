@@ -25,15 +25,13 @@ from discord_emulator.payloads import (
     build_command_data,
     channel_payload,
     guild_create_payload,
+    interaction_payload,
     member_payload,
-    message_payload,
     modal_submit_components,
     role_payload,
-    user_payload,
 )
 from discord_emulator.server import RestApi
 from discord_emulator.state import (
-    ADMINISTRATOR,
     DEFAULT_EVERYONE_PERMISSIONS,
     DEFAULT_UPLOAD_LIMIT,
     GUILD_TEXT,
@@ -310,39 +308,21 @@ class DiscordEmulator:
         member = self._member(user, channel)
         guild = channel.guild
         ident, token = self.world.new_interaction_identity()
-        payload: dict[str, Any] = {
-            "id": str(ident),
-            "application_id": str(self.application_id),
-            "type": kind,
-            "data": data,
-            "token": token,
-            "version": 1,
-            "channel_id": str(channel.id),
-            "channel": channel_payload(channel),
-            "locale": locale,
-            "entitlements": [],
-            "attachment_size_limit": self.world.upload_limit(channel),
-        }
-        if guild is not None and member is not None:
-            bot_member = guild.members[self.bot_user.id]
-            payload.update(
-                guild_id=str(guild.id),
-                guild={"id": str(guild.id), "locale": "en-US", "features": []},
-                guild_locale="en-US",
-                member=member_payload(member, with_permissions=True),
-                app_permissions=str(bot_member.permissions),
-                authorizing_integration_owners={"0": str(guild.id)},
-                context=0,
-            )
-        else:
-            payload.update(
-                user=user_payload(user),
-                app_permissions=str(BOT_ROLE_PERMISSIONS),
-                authorizing_integration_owners={"0": str(guild.id) if guild else "0", "1": str(user.id)},
-                context=1,
-            )
-        if source is not None:
-            payload["message"] = message_payload(source)
+        app_permissions = guild.members[self.bot_user.id].permissions if guild else BOT_ROLE_PERMISSIONS
+        payload = interaction_payload(
+            ident=ident,
+            token=token,
+            application_id=self.application_id,
+            kind=kind,
+            user=user,
+            member=member,
+            channel=channel,
+            data=data,
+            locale=locale,
+            upload_limit=self.world.upload_limit(channel),
+            app_permissions=app_permissions,
+            source=source,
+        )
         itx = Interaction(
             id=ident,
             token=token,
@@ -368,35 +348,6 @@ class DiscordEmulator:
         )
         return itx
 
-    def find_command(self, name: str, kind: int, channel: Channel) -> dict[str, Any]:
-        """The command as the user's client sees it: guild commands first, then global ones."""
-        scopes = []
-        if channel.guild is not None:
-            scopes.append(self.world.guild_commands.get(channel.guild.id, []))
-        scopes.append(self.world.global_commands)
-        for commands in scopes:
-            for command in commands:
-                if command["name"] == name and command["type"] == kind:
-                    return command
-        raise EmulatorUsageError(f"no synced command {name!r} (type {kind}) is visible in {channel.name}")
-
-    def _check_command_access(
-        self, command: dict[str, Any], user: User, channel: Channel, ignore_perms: bool
-    ) -> None:
-        if channel.guild is None:
-            contexts = command.get("contexts")
-            if (contexts is not None and 1 not in contexts) or command.get("dm_permission") is False:
-                raise EmulatorUsageError(f"/{command['name']} is not available in DMs")
-            return
-        needed = command.get("default_member_permissions")
-        member = channel.guild.members[user.id]
-        if needed is not None and not ignore_perms:
-            needed = int(needed)
-            if member.permissions & needed != needed and not member.permissions & ADMINISTRATOR:
-                raise EmulatorUsageError(
-                    f"{user.name} cannot see /{command['name']} (default_member_permissions)"
-                )
-
     async def slash(
         self,
         user: User,
@@ -411,8 +362,8 @@ class DiscordEmulator:
         """Run `/command [group] [sub] option=value ...` as `user` in `channel`."""
         name, *path = command.split()
         self._member(user, channel)
-        definition = self.find_command(name, 1, channel)
-        self._check_command_access(definition, user, channel, ignore_default_permissions)
+        definition = self.world.find_command(name, 1, channel)
+        self.world.check_command_access(definition, user, channel, ignore_default_permissions)
         resolved = ResolvedBuilder(
             channel.guild, lambda upload: self.world.make_attachment(channel, upload, ephemeral=True)
         )
@@ -439,9 +390,9 @@ class DiscordEmulator:
             if channel is None:
                 raise EmulatorUsageError("a user command needs the channel it is used in")
             kind = 2
-        definition = self.find_command(command, kind, channel)
+        definition = self.world.find_command(command, kind, channel)
         self._member(user, channel)
-        self._check_command_access(definition, user, channel, ignore_default_permissions)
+        self.world.check_command_access(definition, user, channel, ignore_default_permissions)
         resolved = ResolvedBuilder(channel.guild, lambda upload: self.world.make_attachment(channel, upload))
         if isinstance(target, Message):
             resolved.message(target)

@@ -245,6 +245,53 @@ def message_payload(message: Message, *, include_reference: bool = True) -> dict
     return payload
 
 
+def interaction_payload(
+    *,
+    ident: int,
+    token: str,
+    application_id: int,
+    kind: int,
+    user: User,
+    member: Member | None,
+    channel: Channel,
+    data: dict[str, Any],
+    locale: str,
+    upload_limit: int,
+    app_permissions: int,
+    source: Message | None,
+) -> dict[str, Any]:
+    """INTERACTION_CREATE's body: member + guild in a server, user in a DM; `message` for components."""
+    guild = channel.guild
+    payload: dict[str, Any] = {
+        "id": str(ident),
+        "application_id": str(application_id),
+        "type": kind,
+        "data": data,
+        "token": token,
+        "version": 1,
+        "channel_id": str(channel.id),
+        "channel": channel_payload(channel),
+        "locale": locale,
+        "entitlements": [],
+        "attachment_size_limit": upload_limit,
+        "app_permissions": str(app_permissions),
+    }
+    if guild is not None and member is not None:
+        payload.update(
+            guild_id=str(guild.id),
+            guild={"id": str(guild.id), "locale": "en-US", "features": []},
+            guild_locale="en-US",
+            member=member_payload(member, with_permissions=True),
+            authorizing_integration_owners={"0": str(guild.id)},
+            context=0,
+        )
+    else:
+        payload.update(user=user_payload(user), authorizing_integration_owners={"1": str(user.id)}, context=1)
+    if source is not None:
+        payload["message"] = message_payload(source)
+    return payload
+
+
 class ResolvedBuilder:
     """Collects one payload's `resolved` entries: users, members, roles, channels, attachments, messages."""
 

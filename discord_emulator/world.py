@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from discord_emulator import rules
-from discord_emulator.payloads import message_payload
+from discord_emulator.payloads import EmulatorUsageError, message_payload
 from discord_emulator.state import (
+    ADMINISTRATOR,
     DEFAULT_UPLOAD_LIMIT,
     DM,
     FLAG_EPHEMERAL,
@@ -360,6 +361,35 @@ class World:
 
     def commands_for(self, guild_id: int | None) -> list[dict[str, Any]]:
         return self.global_commands if guild_id is None else self.guild_commands.setdefault(guild_id, [])
+
+    def find_command(self, name: str, kind: int, channel: Channel) -> dict[str, Any]:
+        """The command as the user's client sees it: guild commands first, then global ones."""
+        scopes = []
+        if channel.guild is not None:
+            scopes.append(self.guild_commands.get(channel.guild.id, []))
+        scopes.append(self.global_commands)
+        for commands in scopes:
+            for command in commands:
+                if command["name"] == name and command["type"] == kind:
+                    return command
+        raise EmulatorUsageError(f"no synced command {name!r} (type {kind}) is visible in {channel.name}")
+
+    def check_command_access(
+        self, command: dict[str, Any], user: User, channel: Channel, ignore_perms: bool
+    ) -> None:
+        if channel.guild is None:
+            contexts = command.get("contexts")
+            if (contexts is not None and 1 not in contexts) or command.get("dm_permission") is False:
+                raise EmulatorUsageError(f"/{command['name']} is not available in DMs")
+            return
+        needed = command.get("default_member_permissions")
+        member = channel.guild.members[user.id]
+        if needed is not None and not ignore_perms:
+            needed = int(needed)
+            if member.permissions & needed != needed and not member.permissions & ADMINISTRATOR:
+                raise EmulatorUsageError(
+                    f"{user.name} cannot see /{command['name']} (default_member_permissions)"
+                )
 
     def record_rejection(self, method: str, path: str, error: rules.DiscordAPIError) -> None:
         self.rejections.append(Rejection(method, path, error.status, error.code, error.message))

@@ -131,3 +131,24 @@ async def test_bot_message_edits_are_recorded_with_their_times(scene: Scene) -> 
 
 def _params(payload: dict) -> discord.http.MultipartParameters:
     return discord.http.MultipartParameters(payload=payload, multipart=None, files=None)
+
+
+async def test_bot_typing_reactions_threads_and_history(scene: Scene) -> None:
+    emu = scene.emu
+    channel = scene.bot.get_channel(scene.general.id)
+    async with channel.typing():
+        sent = await channel.send("thread starter")
+    await sent.add_reaction("👍")
+    thread = await sent.create_thread(name="details")
+    await thread.send("inside")
+    record = emu.message(sent.id)
+    assert emu.typing and emu.typing[0][0] == scene.general.id
+    assert record.reactions == {"👍": {emu.bot_user.id}}
+    threads = [c for c in scene.guild.channels.values() if c.name == "details"]
+    assert len(threads) == 1 and threads[0].parent_id == scene.general.id and threads[0].id == sent.id
+    assert [m.content for m in emu.messages(threads[0])] == ["inside"]
+    history = [m.content async for m in channel.history(limit=10)]
+    assert history == ["thread starter"]
+    fetched = await channel.fetch_message(sent.id)
+    assert fetched.reactions[0].emoji == "👍"
+    emu.assert_clean()
