@@ -158,6 +158,8 @@ class ConversationsMixin(SettingsMixin):
         now = created_at or utcnow()
         try:
             async with self._write() as conn:
+                if reply_to_turn_id is not None:
+                    await _require_turn_in(conn, reply_to_turn_id, conversation_id)
                 await _insert_missing_images(conn, blobs, now)
                 result = await conn.execute(
                     insert(ConversationTurn).values(
@@ -285,6 +287,14 @@ class ConversationsMixin(SettingsMixin):
         async with self._read() as conn:
             row = (await conn.execute(image_info_select().where(Image.sha256 == sha256))).first()
         return None if row is None else StoredImage(*row)
+
+
+async def _require_turn_in(conn: AsyncConnection, turn_id: int, conversation_id: int) -> None:
+    """An answer must answer a turn of its own conversation: forgetting that turn takes the answer along
+    (ON DELETE CASCADE), which must never reach into another user's conversation."""
+    owner = await conn.scalar(select(ConversationTurn.conversation_id).where(ConversationTurn.id == turn_id))
+    if owner != conversation_id:
+        raise TurnNotFound("The message this answers is no longer in this conversation.")
 
 
 async def _insert_missing_images(

@@ -139,7 +139,10 @@ class PrivacyMixin(StoreBase):
                     )
                 ).all()
             shared_own = select(ConversationTurn.id).where(
-                ConversationTurn.author_id == user_id, ConversationTurn.conversation_id.not_in(conv_ids)
+                ConversationTurn.author_id == user_id,
+                ConversationTurn.conversation_id.not_in(
+                    select(Conversation.id).where(Conversation.user_id == user_id)
+                ),
             )
             shared_ids = list((await conn.scalars(shared_own)).all())
             for chunk in chunks(shared_ids):

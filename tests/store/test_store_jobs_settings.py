@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.store import ConversationKey, ConversationScope, JobKind, JobStatus, Store
-from bot.store.errors import ConversationNotFound, JobNotFound
+from bot.store.errors import ConversationNotFound, JobNotFound, TurnNotFound
 from bot.store.models import ConversationTurn, Image, TurnImage
 from janus_engine.errors import InvalidImage, InvalidRequest
 
@@ -161,6 +161,12 @@ async def test_bad_turns_are_refused_with_typed_errors(store: Store) -> None:
         await store.append_turn(conv.id, "user", "x", images=[b"GIF89a not a png"])
     with pytest.raises(InvalidRequest):
         await store.append_turn(conv.id, "system", "x")  # type: ignore[arg-type]
+    other = await store.resolve_conversation(
+        ConversationKey.for_scope(ConversationScope.USER, guild_id=1, channel_id=2, user_id=4)
+    )
+    foreign = await store.append_turn(other.id, "user", "someone else's", author_id=4)
+    with pytest.raises(TurnNotFound):  # an answer cannot hang off another conversation's turn
+        await store.append_turn(conv.id, "assistant", "x", reply_to_turn_id=foreign.id)
     await store.clear_conversation(conv.id)
     with pytest.raises(ConversationNotFound):
         await store.append_turn(conv.id, "user", "after forget")
