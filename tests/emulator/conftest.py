@@ -27,4 +27,5 @@ async def scene() -> AsyncIterator[Scene]:
                 yield Scene(emu, bot, guild, general, alice, bob, observed)
             finally:
                 observed.release_late_followup.set()
+                observed.stop_waiting.set()
                 await stop_bot(bot, task)

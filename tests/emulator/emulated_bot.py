@@ -8,6 +8,7 @@ mentions) runs through the real client against the loopback server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class Observed:
 
     errors: list[Exception] = field(default_factory=list)
     release_late_followup: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_waiting: asyncio.Event = field(default_factory=asyncio.Event)
     described_bytes: list[int] = field(default_factory=list)
     slow_seconds: float = 0.5
     seen: list[str] = field(default_factory=list)  # content of user messages as the bot received them
@@ -151,7 +153,8 @@ class EmulatedTestBot(commands.Bot):
 
         @tree.command(description="Answer too late")
         async def slow(interaction: discord.Interaction) -> None:
-            await asyncio.sleep(observed.slow_seconds)
+            with contextlib.suppress(TimeoutError):  # the fixture releases it at teardown
+                await asyncio.wait_for(observed.stop_waiting.wait(), observed.slow_seconds)
             try:
                 await interaction.response.send_message("too late")
             except discord.HTTPException as exc:
