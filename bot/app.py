@@ -95,6 +95,10 @@ class JanusBot(commands.Bot):
         self._tasks: set[asyncio.Task[Any]] = set()
         self.tree.error(self._on_tree_error)
 
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: messages are handled by the chat cog's listener only (this default
+        handler would otherwise treat every @mention as an unknown prefix command)."""
+
     # ---- wiring ------------------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:

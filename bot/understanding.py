@@ -1,9 +1,9 @@
 """Answering questions about text and images with conversation memory (/chat, /describe, @mentions).
 
 The order of steps is what keeps the database clean: the model context is built from the stored history
-plus the new turn held in memory, and the user's turn and the answer are written only once the answer
-has been posted. A refused, failed or cancelled request therefore leaves no half conversation behind
-(a describe job still gets its finished record with the reason).
+plus the new turn held in memory, and the user's turn is written together with the answer, only once
+the model has produced it. A refused, failed or cancelled request therefore leaves no half conversation
+behind (a describe job still gets its finished record with the reason).
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ async def _follow(
                     await outlet.show(clip(answer + " ▌"), **view_kw)
             elif isinstance(event, Done):
                 answer = event.result.text.strip() or "(the model gave an empty answer)"
-                ids = await outlet.final(answer, view=None)
+                # Memory first, then the message: a follow-up sent the instant the answer appears must
+                # already find this exchange. The reply's message ids are attached once it is posted.
                 user_turn = await bot.store.append_turn(
                     conv.id,
                     "user",
@@ -158,9 +159,11 @@ async def _follow(
                     images=q.images,
                     message_ids=q.user_message_ids,
                 )
-                await bot.store.append_turn(
-                    conv.id, "assistant", answer, reply_to_turn_id=user_turn.id, message_ids=ids
+                bot_turn = await bot.store.append_turn(
+                    conv.id, "assistant", answer, reply_to_turn_id=user_turn.id
                 )
+                ids = await outlet.final(answer, view=None)
+                await bot.store.add_turn_messages(bot_turn.id, ids)
                 if q.kind is not None:
                     await bot.store.finish_job(
                         job_id,

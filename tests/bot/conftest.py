@@ -22,10 +22,15 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.app import JanusBot
-from bot.config import BotConfig, parse_config
+from bot.config import BotConfig, load_config
 from discord_emulator import Channel, DiscordEmulator, Guild, User
 
 STEP_DELAY_S = 0.12  # tiny-model jobs last ~2 s, so progress, queueing and cancelling are observable
+
+
+def is_result(msg: Any) -> bool:
+    """An /imagine result: images with their Re-roll button (progress messages carry previews too)."""
+    return bool(msg.attachments) and any(cid.startswith("janus:reroll:") for cid in msg.custom_ids())
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (40, 40)) -> bytes:
@@ -34,9 +39,28 @@ def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int]
     return buf.getvalue()
 
 
-def make_config(
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return "'" + v + "'"  # a TOML literal string: backslashes in regexes stay as they are
+    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+
+
+def write_toml(path: Path, doc: dict[str, dict[str, Any]]) -> None:
+    """A config file for the bot to load and /admin reload (tomllib only reads TOML)."""
+    lines = []
+    for section, values in doc.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def config_doc(
     tiny_model_dir: Path, db_path: Path, guild_id: int, owner_id: int, **overrides: Any
-) -> BotConfig:
+) -> dict[str, dict[str, Any]]:
     doc: dict[str, Any] = {
         "discord": {"guild_ids": [guild_id], "owners": [owner_id]},
         "model": {
@@ -63,7 +87,7 @@ def make_config(
     }
     for section, values in overrides.items():
         doc.setdefault(section, {}).update(values)
-    return parse_config(doc)
+    return doc
 
 
 @dataclass
@@ -76,9 +100,10 @@ class World:
     manager: User
     config: BotConfig
     tmp: Path
+    doc: dict[str, dict[str, Any]] = field(default_factory=dict)  # what config.toml holds
     bot: JanusBot | None = None
     task: asyncio.Task[None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    submitted: list[Any] = field(default_factory=list)  # requests the engine accepted, in order
 
     def user(self, name: str) -> User:
         """A fresh member of the guild (isolated memories, cooldowns and limits per test)."""
@@ -112,6 +137,15 @@ class World:
             raise RuntimeError("the bot stopped while starting")
         assert done, "the bot did not become ready"
         self.bot, self.task = bot, task
+        real_submit = bot.engine.submit
+
+        def recording_submit(request: Any, *, user_id: str) -> Any:
+            """A spy, not a mock: the real engine runs every request; tests read what the model was sent."""
+            handle = real_submit(request, user_id=user_id)
+            self.submitted.append(request)
+            return handle
+
+        bot.engine.submit = recording_submit  # type: ignore[method-assign]
         return bot
 
     async def stop_bot(self) -> None:
@@ -139,6 +173,18 @@ class World:
         )
 
 
+async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll an async check until it returns something truthy (the bot writes the store after posting)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(0.05)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("bot-world")
@@ -150,8 +196,11 @@ async def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         manager = emu.add_user("manager")
         mods = emu.add_role(guild, "mods", permissions=discord.Permissions(manage_guild=True))
         emu.add_member(guild, manager, roles=[mods])
-        config = make_config(tiny_model_dir, tmp / "janus.db", guild.id, owner.id)
-        w = World(emu, guild, general, {}, owner, manager, config, tmp)
+        doc = config_doc(tiny_model_dir, tmp / "janus.db", guild.id, owner.id)
+        write_toml(tmp / "config.toml", doc)
+        w_doc = doc
+        config = load_config(tmp / "config.toml")
+        w = World(emu, guild, general, {}, owner, manager, config, tmp, doc=w_doc)
         with emu.configure_client():
             await w.start_bot()
             await emu.wait_for(lambda: emu.synced_commands(guild), timeout=30)

@@ -6,13 +6,9 @@ import asyncio
 import itertools
 
 import pytest
-from conftest import World
+from conftest import World, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def _is_result(msg) -> bool:
-    return bool(msg.attachments) and any(cid.startswith("janus:reroll:") for cid in msg.custom_ids())
 
 
 async def test_imagine_shows_progress_then_images_with_buttons(world: World) -> None:
@@ -20,7 +16,7 @@ async def test_imagine_shows_progress_then_images_with_buttons(world: World) -> 
     alice = world.user("alice")
     itx = await world.run(alice, world.general, "imagine", prompt="a red fox @everyone", count=2, seed=7)
     assert itx.deferred and not itx.ephemeral
-    msg = await world.final(itx, _is_result)
+    msg = await world.final(itx, is_result)
     # Two PNGs of the tiny model's size, sent as files.
     assert [a.filename[-6:] for a in msg.attachments] == ["-1.png", "-2.png"]
     assert all(a.data.startswith(b"\x89PNG") for a in msg.attachments)
@@ -44,9 +40,7 @@ async def test_imagine_shows_progress_then_images_with_buttons(world: World) -> 
     # revision.at is when that version was replaced: the edits were at these times, the last one being
     # the final result (which is not held back); queue and progress edits are at least a second apart.
     progress_edits = [r.at for r in revisions[:-1]]
-    assert all(b - a >= 0.95 for a, b in itertools.pairwise(progress_edits)), (
-        progress_edits
-    )
+    assert all(b - a >= 0.95 for a, b in itertools.pairwise(progress_edits)), progress_edits
     # The job record is finished with the message id and the seed.
     job = await bot.store.get_job(job_id)
     assert job.status == "done" and job.seed == 7 and msg.id in job.message_ids
@@ -66,12 +60,12 @@ async def test_reroll_uses_a_new_seed_and_edit_prompt_opens_a_prefilled_modal(wo
     emu = world.emu
     bob = world.user("bob")
     itx = await world.run(bob, world.general, "imagine", prompt="a blue whale", seed=11)
-    msg = await world.final(itx, _is_result)
+    msg = await world.final(itx, is_result)
     job_id = msg.custom_ids()[0].split(":")[2]
 
     press = await emu.press_button(world.user("carol"), msg, f"janus:reroll:{job_id}")
     await press.wait_response()
-    rerolled = await world.final(press, _is_result)
+    rerolled = await world.final(press, is_result)
     new_job = await world.bot.store.get_job(rerolled.custom_ids()[0].split(":")[2])
     assert new_job.prompt == "a blue whale" and new_job.seed != 11
     assert new_job.user_id == world.user("carol").id and new_job.params["parent_job"] == job_id
@@ -83,7 +77,7 @@ async def test_reroll_uses_a_new_seed_and_edit_prompt_opens_a_prefilled_modal(wo
     assert field["value"] == "a blue whale"
     submit = await emu.submit_modal(bob, press, values={"prompt": "a green whale"})
     await submit.wait_response()
-    edited = await world.final(submit, _is_result)
+    edited = await world.final(submit, is_result)
     edited_job = await world.bot.store.get_job(edited.custom_ids()[0].split(":")[2])
     assert edited_job.prompt == "a green whale" and edited_job.params["guidance"] == 5.0
 
@@ -92,7 +86,7 @@ async def test_only_the_requester_can_delete(world: World) -> None:
     emu = world.emu
     dave, erin = world.user("dave"), world.user("erin")
     itx = await world.run(dave, world.general, "imagine", prompt="a lighthouse")
-    msg = await world.final(itx, _is_result)
+    msg = await world.final(itx, is_result)
     job_id = msg.custom_ids()[0].split(":")[2]
     press = await emu.press_button(erin, msg, f"janus:delete:{job_id}")
     await press.wait_response()
