@@ -297,10 +297,18 @@ class JanusEngine:
         return self._scheduler.position(job_id)
 
     def jobs_of(self, user_id: str) -> list[JobInfo]:
+        """The user's queued and running jobs, in submission order."""
+        return self._job_infos(str(user_id))
+
+    def jobs(self) -> list[JobInfo]:
+        """Every queued and running job (admin view)."""
+        return self._job_infos(None)
+
+    def _job_infos(self, user_id: str | None) -> list[JobInfo]:
         etas = self._queue_etas()
         infos = []
         for job_id, record in self._jobs.items():
-            if record.handle.user_id != str(user_id):
+            if user_id is not None and record.handle.user_id != user_id:
                 continue
             if record.state == "queued":
                 position = self._scheduler.position(job_id)

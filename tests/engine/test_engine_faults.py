@@ -83,6 +83,6 @@ async def test_stop_cancels_a_running_job_and_leaves_no_child_process(engine):
     await engine.stop(timeout=10)
     events = await collect(handle, timeout=5)
     assert isinstance(events[-1], Cancelled)
-    with pytest.raises(ProcessLookupError):
+    with pytest.raises(ProcessLookupError):  # exited and reaped, not a zombie
         os.kill(pid, 0)
-    assert multiprocessing.active_children() == []
+    assert pid not in {child.pid for child in multiprocessing.active_children()}

@@ -48,6 +48,19 @@ async def engine(tiny_model_dir):
     await engine.stop(timeout=20)
 
 
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def nothing_left_behind(engine):
+    """A failed test must not leave jobs that would fail the next one: cancel them and wait."""
+    yield
+    if engine.status().workers[0].state == "stopped":
+        return
+    for info in engine.jobs():
+        await engine.cancel(info.job_id)
+    async with asyncio.timeout(30):
+        while engine.jobs():
+            await asyncio.sleep(0.02)
+
+
 async def test_concurrent_users_all_complete_and_each_result_reaches_its_own_job(engine):
     before = engine.status()
     handles = {}
