@@ -82,7 +82,7 @@ _CORPUS = (
 )
 
 
-def _build_tokenizer():
+def build_tokenizer():
     """A byte-level BPE trained in-process (deterministic), wrapped as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -176,17 +176,26 @@ def _liven_weights(model, generator) -> None:
 def build_tiny_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny random Janus checkpoint to ``path`` and return it. Same seed, same weights."""
     import torch
-    from transformers import JanusForConditionalGeneration, JanusImageProcessorPil, JanusProcessor
+    from transformers import JanusForConditionalGeneration
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     config = _build_config(tokenizer)
     with torch.random.fork_rng(devices=[]):  # deterministic weights without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = JanusForConditionalGeneration(config).eval()
         _liven_weights(model, torch.Generator().manual_seed(seed))
 
+    configure_generation(model, tokenizer)
+    model.save_pretrained(path)
+    processor = build_processor(tokenizer, image_size=TINY_IMAGE_SIZE, num_image_tokens=TINY_IMAGE_TOKENS)
+    processor.save_pretrained(path)
+    return path
+
+
+def configure_generation(model, tokenizer) -> None:
+    """The generation config the converted hub checkpoints carry (convert_janus_weights_to_hf.py)."""
     gen = model.generation_config
     # Without this, save/load regenerates the config from the model config and drops generation_kwargs,
     # which image mode needs for boi_token_id (janus-facts gotcha 3).
@@ -197,23 +206,25 @@ def build_tiny_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
     gen.bos_token_id = tokenizer.bos_token_id
     gen.eos_token_id = tokenizer.eos_token_id
     gen.generation_kwargs = {"boi_token_id": tokenizer.convert_tokens_to_ids(BOI_TOKEN)}
-    model.save_pretrained(path)
+
+
+def build_processor(tokenizer, *, image_size: int, num_image_tokens: int):
+    """A JanusProcessor like the converted checkpoints' (mean/std 0.5, default system prompt, template)."""
+    from transformers import JanusImageProcessorPil, JanusProcessor
 
     image_processor = JanusImageProcessorPil(
-        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
-        min_size=TINY_PATCH,
+        min_size=min(14, image_size // 4),
     )
-    processor = JanusProcessor(
+    return JanusProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         chat_template=JANUS_CHAT_TEMPLATE,
         use_default_system_prompt=True,
-        num_image_tokens=TINY_IMAGE_TOKENS,
+        num_image_tokens=num_image_tokens,
     )
-    processor.save_pretrained(path)
-    return path
 
 
 def make_tiny_model_command(args: argparse.Namespace) -> int:

@@ -84,7 +84,9 @@ class _DecodeMask:
         self.needed = bool((prefix_mask == 0).any())
         self.attn = attn
         self.prefix = prefix_mask.shape[1]
-        full = torch.ones((prefix_mask.shape[0], total), dtype=torch.long, device=prefix_mask.device)
+        # Row stride a multiple of 16: SDPA's memory-efficient CUDA kernel wants an aligned mask.
+        padded = -(-total // 16) * 16
+        full = torch.ones((prefix_mask.shape[0], padded), dtype=torch.long, device=prefix_mask.device)
         full[:, : self.prefix] = prefix_mask
         self.full2d = full
         if attn == "sdpa":
@@ -183,9 +185,14 @@ def generate_image_tokens(
     cache_kw = cache_keyword(language_model)
     total = num_image_tokens
 
-    # Prefill: one conditional and one unconditional row per distinct request.
-    prompts = [list(job.prompt_ids) for job in live]
-    prompt_ids, prompt_mask = _left_pad(prompts + [unconditional_ids(p, ids) for p in prompts], ids.pad)
+    # Prefill each distinct sequence once: a request's conditional prompt, and the unconditional prompts,
+    # which depend only on the prompt length (BOS, pads, BOI) and so are shared by same-length prompts.
+    sequences: dict[tuple[int, ...], int] = {}
+    cond_row = [sequences.setdefault(job.prompt_ids, len(sequences)) for job in live]
+    uncond_row = [
+        sequences.setdefault(tuple(unconditional_ids(job.prompt_ids, ids)), len(sequences)) for job in live
+    ]
+    prompt_ids, prompt_mask = _left_pad(list(sequences), ids.pad)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     width = prompt_ids.shape[1]
     cache = preallocated_cache(language_model.config.num_hidden_layers, width + total)
@@ -200,9 +207,8 @@ def generate_image_tokens(
     logits = model.model.generation_head(out.last_hidden_state[:, -1]).float()
 
     # Fan out to one (cond, uncond) row pair per image.
-    r = len(live)
     fan = [j for j, job in enumerate(live) for _ in range(job.n_images)]
-    fan_rows = torch.tensor(fan + [r + j for j in fan], dtype=torch.long, device=device)
+    fan_rows = torch.tensor([cond_row[j] for j in fan] + [uncond_row[j] for j in fan], device=device)
     select_cache_rows(cache, fan_rows)
     logits = logits.index_select(0, fan_rows)
     row_mask = prompt_mask.index_select(0, fan_rows)

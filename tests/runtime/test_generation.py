@@ -148,6 +148,25 @@ def test_cancelled_request_leaves_the_batch_and_the_others_finish_unchanged(runt
     assert sizes.count(10) == 4  # steps 1-4 fed the full batch, step 5 was the last one for astro
 
 
+def test_shared_prefixes_are_prefilled_once(runtime) -> None:
+    """Two requests with one prompt share its prefill; unconditional prompts of equal length are shared."""
+    twin = GenerateRequest("twin", PROMPTS["fox"], guidance=6.0, temperature=0.0)
+    with batch_sizes(runtime) as sizes:
+        out = tokens_of(runtime, [greedy("fox", 2.0, n=2), twin])
+    assert sizes[0] == 2 and sizes[1] == 6  # prefill: one cond + one uncond row; decode: 3 image pairs
+    assert torch.equal(out["fox"][0], tokens_of(runtime, [greedy("fox", 2.0)])["fox"][0])
+    assert torch.equal(out["twin"], tokens_of(runtime, [greedy("fox", 6.0)])["fox"])
+    fox_length = len(runtime.image_prompt_ids(PROMPTS["fox"]))
+    candidates = ("a red cat", "a red dog", "a big dog", "a blue fox")
+    same_length = [t for t in candidates if len(runtime.image_prompt_ids(t)) == fox_length]
+    assert same_length, "the tiny tokenizer should give these prompts equal lengths"
+    alone = tokens_of(runtime, [GenerateRequest("x", same_length[0], temperature=0.0)])["x"]
+    with batch_sizes(runtime) as sizes:
+        out = tokens_of(runtime, [greedy("fox"), GenerateRequest("x", same_length[0], temperature=0.0)])
+    assert sizes[0] == 3  # two conditional rows, one shared unconditional row
+    assert torch.equal(out["x"], alone)
+
+
 def test_cancelled_before_start_and_everything_cancelled(runtime) -> None:
     out = tokens_of(runtime, [greedy("fox"), greedy("astro")], should_cancel=lambda k: k == "fox")
     assert out["fox"] is None and out["astro"] is not None
