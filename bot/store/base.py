@@ -1,7 +1,8 @@
 """What every part of the store shares: the engine, the transaction helpers, the token counter.
 
 Every public method of the store is one transaction: ``_write`` (BEGIN IMMEDIATE on SQLite, committed when
-the block ends, rolled back on any exception) or ``_read`` (one consistent snapshot).
+the block ends, rolled back on any exception), ``_read`` (several reads, one consistent snapshot) or
+``_query`` (a single read statement, which needs no transaction around it).
 
 On SQLite, writes from this process also queue on an asyncio lock: SQLite has one writer at a time anyway,
 and waiting on the lock is fair and instant where waiting in SQLite's busy handler means polling with
@@ -18,7 +19,7 @@ from typing import Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.store.database import WRITE_OPTION, create_engine
+from bot.store.database import SINGLE_STATEMENT_OPTION, WRITE_OPTION, create_engine
 from janus_engine.errors import InvalidRequest
 
 TokenCounter = Callable[[str], int]
@@ -39,6 +40,7 @@ class StoreBase:
         self.engine = engine
         self.count_tokens = count_tokens
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._single = engine.execution_options(**{SINGLE_STATEMENT_OPTION: True})
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
@@ -78,7 +80,14 @@ class StoreBase:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """Several reads in one transaction, so they all see the same snapshot of the database."""
         async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _query(self) -> AsyncIterator[AsyncConnection]:
+        """For exactly one read statement, which is atomic by itself: no BEGIN/ROLLBACK around it."""
+        async with self._single.connect() as conn:
             yield conn
 
 

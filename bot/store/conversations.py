@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -75,7 +75,7 @@ class ConversationsMixin(SettingsMixin):
     async def resolve_conversation(self, key: ConversationKey) -> ConversationRef:
         """The conversation for ``key``, created on first use."""
         text_key = key.as_text()
-        async with self._read() as conn:
+        async with self._query() as conn:
             row = (await conn.execute(conversation_select().where(Conversation.key == text_key))).first()
         if row is not None:
             return conversation_ref(row)
@@ -87,7 +87,6 @@ class ConversationsMixin(SettingsMixin):
             "channel_id": key.channel_id,
             "user_id": key.user_id,
             "created_at": now,
-            "updated_at": now,
         }
         try:
             async with self._write() as conn:
@@ -98,12 +97,12 @@ class ConversationsMixin(SettingsMixin):
                         await conn.execute(conversation_select().where(Conversation.key == text_key))
                     ).one()
         except IntegrityError:  # another process created it between our read and write (PostgreSQL)
-            async with self._read() as conn:
+            async with self._query() as conn:
                 row = (await conn.execute(conversation_select().where(Conversation.key == text_key))).one()
         return conversation_ref(row)
 
     async def get_conversation(self, conversation_id: int) -> ConversationRef | None:
-        async with self._read() as conn:
+        async with self._query() as conn:
             row = (
                 await conn.execute(conversation_select().where(Conversation.id == conversation_id))
             ).first()
@@ -117,7 +116,7 @@ class ConversationsMixin(SettingsMixin):
             .join(TurnMessage, TurnMessage.turn_id == ConversationTurn.id)
             .where(TurnMessage.message_id == message_id)
         )
-        async with self._read() as conn:
+        async with self._query() as conn:
             row = (await conn.execute(stmt)).first()
         return None if row is None else conversation_ref(row)
 
@@ -185,9 +184,6 @@ class ConversationsMixin(SettingsMixin):
                     await conn.execute(
                         insert(TurnMessage), [{"message_id": m, "turn_id": turn_id} for m in messages]
                     )
-                await conn.execute(
-                    update(Conversation).where(Conversation.id == conversation_id).values(updated_at=now)
-                )
         except IntegrityError as exc:
             raise await self._explain_turn_integrity_error(conversation_id, reply_to_turn_id) from exc
         return TurnRecord(
@@ -249,44 +245,71 @@ class ConversationsMixin(SettingsMixin):
         ``up_to_turn_id`` is not (any more) in this conversation, ``InvalidRequest`` when it is empty.
         See :mod:`bot.store.context` for the rules."""
         marker_tokens = int((count_tokens or self.count_tokens)(IMAGE_DROPPED_MARKER))
-        async with self._read() as conn:
-            fetched: list[TurnCost] = []
-            page = _CONTEXT_PAGE
-            while True:
-                more = await _turn_costs(conn, conversation_id, up_to_turn_id, before=fetched, limit=page)
-                fetched.extend(more)
-                if not fetched:
-                    if up_to_turn_id is not None:
-                        raise TurnNotFound("The message to answer is no longer in this conversation.")
-                    raise InvalidRequest("There is nothing in this conversation to answer yet.")
-                if up_to_turn_id is not None and fetched[0].id != up_to_turn_id:
-                    raise TurnNotFound("The message to answer is no longer in this conversation.")
-                plan = plan_context(fetched, budget, marker_tokens)
-                if len(more) < page or not plan.used_all_given:
-                    break
-                page *= 2
-            kept = {sha for p in plan.turns for sha in p.kept_images}
-            data = await _image_data(conn, kept)
-        turns = tuple(
-            Turn(role=p.turn.role, text=p.text, images=tuple(data[sha] for sha in p.kept_images))  # type: ignore[arg-type]
-            for p in plan.turns
-        )
-        return ModelContext(
-            turns=turns,
-            token_count=plan.token_count,
-            turn_ids=tuple(p.turn.id for p in plan.turns),
-            omitted_turns=plan.omitted_turns,
-            omitted_images=plan.omitted_images,
-        )
+        # Fast path: almost every context fits in its first page of turns, read by one statement, and
+        # then needs one more for the images' bytes. If it needs more pages, or an image vanished between
+        # the two reads (forgotten meanwhile), build it again inside one snapshot transaction.
+        async with self._query() as conn:
+            context = await _build_context(conn, conversation_id, budget, up_to_turn_id, marker_tokens, True)
+        if context is None:
+            async with self._read() as conn:
+                context = await _build_context(
+                    conn, conversation_id, budget, up_to_turn_id, marker_tokens, False
+                )
+        assert context is not None
+        return context
 
     async def get_image(self, sha256: str) -> bytes | None:
-        async with self._read() as conn:
+        async with self._query() as conn:
             return await conn.scalar(select(Image.data).where(Image.sha256 == sha256))
 
     async def image_info(self, sha256: str) -> StoredImage | None:
-        async with self._read() as conn:
+        async with self._query() as conn:
             row = (await conn.execute(image_info_select().where(Image.sha256 == sha256))).first()
         return None if row is None else StoredImage(*row)
+
+
+async def _build_context(
+    conn: AsyncConnection,
+    conversation_id: int,
+    budget: ContextBudget,
+    up_to_turn_id: int | None,
+    marker_tokens: int,
+    first_page_only: bool,
+) -> ModelContext | None:
+    """The context, or None when ``first_page_only`` and one page of turns (or one read) is not enough."""
+    fetched: list[TurnCost] = []
+    page = _CONTEXT_PAGE
+    while True:
+        more = await _turn_costs(conn, conversation_id, up_to_turn_id, before=fetched, limit=page)
+        fetched.extend(more)
+        if not fetched:
+            if up_to_turn_id is not None:
+                raise TurnNotFound("The message to answer is no longer in this conversation.")
+            raise InvalidRequest("There is nothing in this conversation to answer yet.")
+        if up_to_turn_id is not None and fetched[0].id != up_to_turn_id:
+            raise TurnNotFound("The message to answer is no longer in this conversation.")
+        plan = plan_context(fetched, budget, marker_tokens)
+        if len(more) < page or not plan.used_all_given:
+            break
+        if first_page_only:
+            return None
+        page *= 2
+    kept = {sha for p in plan.turns for sha in p.kept_images}
+    data = await _image_data(conn, kept)
+    if len(data) < len(kept):
+        if first_page_only:
+            return None
+        raise AssertionError("an image of a stored turn is missing")  # impossible: FK ON DELETE RESTRICT
+    return ModelContext(
+        turns=tuple(
+            Turn(role=p.turn.role, text=p.text, images=tuple(data[sha] for sha in p.kept_images))  # type: ignore[arg-type]
+            for p in plan.turns
+        ),
+        token_count=plan.token_count,
+        turn_ids=tuple(p.turn.id for p in plan.turns),
+        omitted_turns=plan.omitted_turns,
+        omitted_images=plan.omitted_images,
+    )
 
 
 async def _require_turn_in(conn: AsyncConnection, turn_id: int, conversation_id: int) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 DEFAULT_DB_FILENAME = "janus-bot.db"
 BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "janus_write"  # execution option: this connection's transaction will write
+SINGLE_STATEMENT_OPTION = "janus_single_statement"  # execution option: one read, no BEGIN needed
 
 
 def default_database_url(data_dir: str | Path) -> str:
@@ -43,6 +44,10 @@ def ensure_sqlite_parent_dir(url: str) -> None:
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+asyncpg://``)."""
     ensure_sqlite_parent_dir(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        # Every store call ends its transaction itself (commit or rollback through SQLAlchemy), so the
+        # pool's extra rollback on return is one more round trip to aiosqlite's thread for nothing.
+        kwargs.setdefault("pool_reset_on_return", None)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         install_sqlite_pragmas(engine)
@@ -69,5 +74,9 @@ def install_sqlite_pragmas(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        writes = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+        options = connection.get_execution_options()
+        if options.get(WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif not options.get(SINGLE_STATEMENT_OPTION):
+            connection.exec_driver_sql("BEGIN")  # several reads that must see one snapshot
+        # else: a single statement is atomic on its own; skipping BEGIN saves a round trip per read.

@@ -127,7 +127,7 @@ class JobsMixin(StoreBase):
             return await _require_job(conn, job_id)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        async with self._read() as conn:
+        async with self._query() as conn:
             row = (await conn.execute(job_select().where(Job.id == job_id))).first()
         return None if row is None else job_record(row)
 
@@ -147,7 +147,7 @@ class JobsMixin(StoreBase):
             stmt = stmt.where(Job.guild_id == guild_id)
         if statuses is not None:
             stmt = stmt.where(Job.status.in_([JobStatus(s).value for s in statuses]))
-        async with self._read() as conn:
+        async with self._query() as conn:
             return [job_record(row) for row in (await conn.execute(stmt)).all()]
 
     async def fail_interrupted_jobs(self, reason: str = "The bot restarted before this job finished.") -> int:

@@ -81,8 +81,8 @@ class Conversation(Base):
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
     channel_id: Mapped[int] = mapped_column(BigInteger)
     user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # No "updated_at": bumping it would cost every turn an UPDATE; a conversation's activity is its turns.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class ConversationTurn(Base):

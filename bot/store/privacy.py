@@ -102,8 +102,8 @@ class PrivacyMixin(StoreBase):
 
     async def delete_turns_older_than(self, cutoff: datetime) -> RetentionResult:
         """Retention: delete turns written before ``cutoff`` (with the answers to them), conversations
-        left without turns whose last activity is before ``cutoff`` (a newer empty one may be about to
-        get its first turn; the next pass takes it), and images no remaining turn uses."""
+        created before ``cutoff`` that are left without turns (a newer empty one may be about to get its
+        first turn; a later pass takes it), and images no remaining turn uses."""
         async with self._write() as conn:
             old = ConversationTurn.created_at < cutoff
             old_ids = select(ConversationTurn.id).where(old).scalar_subquery()
@@ -114,7 +114,7 @@ class PrivacyMixin(StoreBase):
             has_turns = select(ConversationTurn.id).where(ConversationTurn.conversation_id == Conversation.id)
             conversations = (
                 await conn.execute(
-                    delete(Conversation).where(Conversation.updated_at < cutoff, ~has_turns.exists())
+                    delete(Conversation).where(Conversation.created_at < cutoff, ~has_turns.exists())
                 )
             ).rowcount or 0
             images = await _delete_orphan_images(conn, candidates)
@@ -224,7 +224,6 @@ def _conversation_json(ref: ConversationRef) -> dict[str, Any]:
         "guild_id": _sid(ref.key.guild_id),
         "channel_id": _sid(ref.key.channel_id),
         "created_at": ref.created_at.isoformat(),
-        "updated_at": ref.updated_at.isoformat(),
     }
 
 

@@ -60,7 +60,6 @@ class ConversationRef:
     id: int
     key: ConversationKey
     created_at: datetime
-    updated_at: datetime
 
 
 @dataclass(frozen=True)

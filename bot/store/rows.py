@@ -37,13 +37,12 @@ def conversation_select():  # type: ignore[no-untyped-def]
         Conversation.channel_id,
         Conversation.user_id,
         Conversation.created_at,
-        Conversation.updated_at,
     )
 
 
 def conversation_ref(row: Row[Any]) -> ConversationRef:
     key = ConversationKey(ConversationScope(row.scope), row.guild_id, row.channel_id, row.user_id)
-    return ConversationRef(id=row.id, key=key, created_at=row.created_at, updated_at=row.updated_at)
+    return ConversationRef(id=row.id, key=key, created_at=row.created_at)
 
 
 def image_info_select():  # type: ignore[no-untyped-def]

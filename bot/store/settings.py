@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.store.base import StoreBase, json_dict
@@ -24,7 +24,7 @@ class SettingsMixin(StoreBase):
     """Guild and channel settings as JSON dicts, and the audit log of admin actions."""
 
     async def get_guild_settings(self, guild_id: int) -> dict[str, Any]:
-        async with self._read() as conn:
+        async with self._query() as conn:
             data = await conn.scalar(select(GuildSettings.data).where(GuildSettings.guild_id == guild_id))
         return dict(data or {})
 
@@ -54,7 +54,7 @@ class SettingsMixin(StoreBase):
         return merged
 
     async def get_channel_settings(self, channel_id: int) -> dict[str, Any]:
-        async with self._read() as conn:
+        async with self._query() as conn:
             data = await conn.scalar(
                 select(ChannelSettings.data).where(ChannelSettings.channel_id == channel_id)
             )
@@ -101,27 +101,30 @@ class SettingsMixin(StoreBase):
     async def effective_settings(
         self, *, guild_id: int | None, channel_id: int | None, parent_channel_id: int | None = None
     ) -> dict[str, Any]:
-        """Guild settings, overridden by the parent channel's, overridden by the channel's."""
-        channels = [c for c in (parent_channel_id, channel_id) if c is not None]
-        async with self._read() as conn:
-            merged: dict[str, Any] = {}
-            if guild_id is not None:
-                merged.update(
-                    await conn.scalar(select(GuildSettings.data).where(GuildSettings.guild_id == guild_id))
-                    or {}
+        """Guild settings, overridden by the parent channel's, overridden by the channel's.
+
+        One statement (a UNION of the levels), because every chat message asks this for its scope."""
+        levels = []
+        if guild_id is not None:
+            levels.append(
+                select(literal(0).label("level"), GuildSettings.data.label("data")).where(
+                    GuildSettings.guild_id == guild_id
                 )
-            if channels:
-                rows = dict(
-                    (
-                        await conn.execute(
-                            select(ChannelSettings.channel_id, ChannelSettings.data).where(
-                                ChannelSettings.channel_id.in_(channels)
-                            )
-                        )
-                    ).all()
+            )
+        for level, channel in ((1, parent_channel_id), (2, channel_id)):
+            if channel is not None:
+                levels.append(
+                    select(literal(level).label("level"), ChannelSettings.data.label("data")).where(
+                        ChannelSettings.channel_id == channel
+                    )
                 )
-                for channel in channels:
-                    merged.update(rows.get(channel) or {})
+        if not levels:
+            return {}
+        async with self._query() as conn:
+            rows = (await conn.execute(union_all(*levels))).all()
+        merged: dict[str, Any] = {}
+        for _, data in sorted(rows, key=lambda row: row[0]):
+            merged.update(data or {})
         return merged
 
     async def record_audit(
@@ -142,7 +145,7 @@ class SettingsMixin(StoreBase):
         stmt = _audit_select().order_by(AuditLog.id.desc()).limit(limit)
         if guild_id is not None:
             stmt = stmt.where(AuditLog.guild_id == guild_id)
-        async with self._read() as conn:
+        async with self._query() as conn:
             return [AuditEntry(*row) for row in (await conn.execute(stmt)).all()]
 
 

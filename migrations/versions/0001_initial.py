@@ -53,12 +53,10 @@ def upgrade() -> None:
         sa.Column("channel_id", sa.BigInteger(), nullable=False),
         sa.Column("user_id", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_conversations")),
         sa.UniqueConstraint("key", name=op.f("uq_conversations_key")),
     )
     with op.batch_alter_table("conversations", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_conversations_updated_at"), ["updated_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_conversations_user_id"), ["user_id"], unique=False)
 
     op.create_table(
@@ -190,7 +188,6 @@ def downgrade() -> None:
     op.drop_table("guild_settings")
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_conversations_user_id"))
-        batch_op.drop_index(batch_op.f("ix_conversations_updated_at"))
 
     op.drop_table("conversations")
     with op.batch_alter_table("channel_settings", schema=None) as batch_op:
