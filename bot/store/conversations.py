@@ -14,14 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.store.base import TokenCounter, chunks
 from bot.store.context import TurnCost, plan_context
 from bot.store.errors import ConversationNotFound, TurnNotFound
-from bot.store.models import (
-    Conversation,
-    ConversationTurn,
-    Image,
-    TurnImage,
-    TurnMessage,
-    utcnow,
-)
+from bot.store.models import Conversation, ConversationTurn, Image, TurnImage, TurnMessage, utcnow
 from bot.store.png import png_dimensions
 from bot.store.records import (
     IMAGE_DROPPED_MARKER,

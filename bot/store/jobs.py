@@ -12,15 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.store.base import StoreBase, json_dict
 from bot.store.errors import JobNotFound
-from bot.store.models import (
-    Job,
-    utcnow,
-)
-from bot.store.records import (
-    JobKind,
-    JobRecord,
-    JobStatus,
-)
+from bot.store.models import Job, utcnow
+from bot.store.records import JobKind, JobRecord, JobStatus
 from bot.store.rows import job_record, job_select
 from janus_engine.errors import InvalidRequest
 

@@ -13,14 +13,7 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.store.base import StoreBase, chunks
-from bot.store.models import (
-    Conversation,
-    ConversationTurn,
-    Image,
-    Job,
-    TurnImage,
-    utcnow,
-)
+from bot.store.models import Conversation, ConversationTurn, Image, Job, TurnImage, utcnow
 from bot.store.records import (
     ConversationRef,
     ConversationScope,

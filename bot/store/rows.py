@@ -10,14 +10,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.store.base import chunks
-from bot.store.models import (
-    Conversation,
-    ConversationTurn,
-    Image,
-    Job,
-    TurnImage,
-    TurnMessage,
-)
+from bot.store.models import Conversation, ConversationTurn, Image, Job, TurnImage, TurnMessage
 from bot.store.records import (
     ConversationKey,
     ConversationRef,

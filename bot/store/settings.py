@@ -9,15 +9,8 @@ from sqlalchemy import insert, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.store.base import StoreBase, json_dict
-from bot.store.models import (
-    AuditLog,
-    ChannelSettings,
-    GuildSettings,
-    utcnow,
-)
-from bot.store.records import (
-    AuditEntry,
-)
+from bot.store.models import AuditLog, ChannelSettings, GuildSettings, utcnow
+from bot.store.records import AuditEntry
 
 
 class SettingsMixin(StoreBase):
