@@ -68,6 +68,8 @@ class WorkerProcess:
         )
         self.process.start()
         child_conn.close()  # only the child holds its end: its death gives us EOF
+        self.exitcode: int | None = None
+        self._exited = threading.Event()
         self._reader = threading.Thread(target=self._read, name=f"{options.name}-reader", daemon=True)
         self._reader.start()
 
@@ -88,14 +90,14 @@ class WorkerProcess:
             self.process.kill()
 
     def join(self, timeout: float) -> bool:
-        """Wait (blocking; call through a thread from async code) for the process to end."""
-        self.process.join(timeout)
-        if self.process.is_alive():
-            return False
-        self._reader.join(timeout=1.0)
-        return True
+        """Wait up to ``timeout`` (blocking: call through a thread from async code) for the process to end.
+
+        Only the reader thread reaps the process: two threads waiting on one child race for its exit
+        status, and the loser would wrongly see it as still alive."""
+        return self._exited.wait(timeout)
 
     def _read(self) -> None:
+        listening = True
         while True:
             try:
                 message = self._conn.recv()
@@ -105,13 +107,14 @@ class WorkerProcess:
                 log.exception("could not read a message from %s", self.options.name)
                 self.kill()
                 break
-            if not self._post(self._on_message, self, message):
-                return
-        self.process.join(10.0)  # EOF means the process is gone or going: collect its exit code
-        exitcode = self.process.exitcode
+            if listening:
+                listening = self._post(self._on_message, self, message)
+        self.process.join()  # EOF: the process has closed its end and is exiting (or was killed)
+        self.exitcode = self.process.exitcode
         with contextlib.suppress(OSError):
             self._conn.close()
-        self._post(self._on_exit, self, exitcode)
+        self._exited.set()
+        self._post(self._on_exit, self, self.exitcode)
 
     def _post(self, callback: Callable[..., None], *args: Any) -> bool:
         try:

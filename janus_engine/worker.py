@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -137,10 +138,19 @@ def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> No
         pass
     finally:
         conn.close()
+    # Skip the interpreter's slow teardown of torch (over a second): nothing is left to flush but stdio.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _load(channel: _Channel, spec: ModelSpec) -> Any:
     try:
+        from transformers.utils import logging as hf_logging
+
+        # A background process draws no progress bars (the CLI draws its own from our events); tqdm's
+        # bars would also leave a multiprocessing lock behind at our fast exit.
+        hf_logging.disable_progress_bar()
         from janus_engine.runtime import JanusRuntime
 
         spec = dataclasses.replace(spec, device=_resolve_device(spec.device))

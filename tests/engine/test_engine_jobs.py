@@ -204,7 +204,7 @@ async def _until_idle(engine):
         await asyncio.sleep(0.05)
 
 
-async def test_stop_with_drain_finishes_jobs_and_leaves_no_worker(engine):
+async def test_stop_with_drain_finishes_jobs_and_leaves_no_worker(engine, caplog):
     pids = [w.pid for w in engine.status().workers]
     handles = [engine.submit(gen_request(f"last-{i}", seed=i), user_id=f"last-{i}") for i in range(4)]
     await engine.stop(drain=True, timeout=30)
@@ -216,3 +216,4 @@ async def test_stop_with_drain_finishes_jobs_and_leaves_no_worker(engine):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert all(w.state == "stopped" for w in engine.status().workers)
+    assert "killing it" not in caplog.text  # the worker exited when asked, it did not have to be killed
