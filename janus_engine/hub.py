@@ -126,8 +126,9 @@ def download_model(model: str, *, cache_dir: str | None = None) -> Path:
         ) from None
     except LocalEntryNotFoundError:
         raise ModelNotAvailable(
-            f"Could not reach the Hugging Face hub to download {model} (offline or no network). "
-            f"{_download_hint(model)}"
+            f"Could not reach the Hugging Face hub to download {model} (offline or no network). Check the "
+            f"connection and proxy settings, or copy a downloaded checkpoint here and pass its directory "
+            f"with --model."
         ) from None
     except OSError as exc:  # network errors, a full disk, permissions
         raise ModelNotAvailable(f"Downloading {model} failed: {exc}") from None

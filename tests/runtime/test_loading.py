@@ -11,7 +11,7 @@ import torch
 
 from bot.cli import main as cli_main
 from janus_engine.errors import ModelNotAvailable
-from janus_engine.hub import looks_like_path, resolve_model_dir
+from janus_engine.hub import download_model, looks_like_path, resolve_model_dir
 from janus_engine.protocol import ModelSpec
 from janus_engine.runtime import JanusRuntime
 from janus_engine.runtime.loading import resolve_placement
@@ -95,6 +95,14 @@ def test_download_command_offline_exits_with_one_readable_line(capsys) -> None:
     assert cli_main(["download", "deepseek-community/Janus-Pro-1B"]) == 2
     err = capsys.readouterr().err
     assert "HF_HUB_OFFLINE" in err and "Traceback" not in err
+
+
+def test_download_without_hub_access_is_a_readable_error(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ModelNotAvailable, match="Could not reach the Hugging Face hub"):
+        download_model("deepseek-community/Janus-Pro-1B", cache_dir=str(tmp_path))
+    assert time.monotonic() - started < 20
+    assert not any(tmp_path.rglob("*.safetensors"))
 
 
 def test_download_command_accepts_a_local_directory(tiny_model_dir: Path, capsys) -> None:
