@@ -111,17 +111,21 @@ class _DecodeMask:
             self.full4d = self.full4d.index_select(0, rows)
 
 
+def _spans(jobs: Sequence[ImageTokenJob]) -> dict[str, tuple[int, int]]:
+    """Each job's [start, end) range of conditional rows, in job order."""
+    spans, start = {}, 0
+    for job in jobs:
+        spans[job.key] = (start, start + job.n_images)
+        start += job.n_images
+    return spans
+
+
 class _Rows:
     """Per-row state of the live batch; every tensor is indexed by conditional row (N rows)."""
 
     def __init__(self, jobs: list[ImageTokenJob], total: int, device: torch.device) -> None:
         self.jobs = jobs
-        self.spans: dict[str, tuple[int, int]] = {}
-        start = 0
-        for job in jobs:
-            self.spans[job.key] = (start, start + job.n_images)
-            start += job.n_images
-        n = start
+        self.spans = _spans(jobs)
         owner = [j for j, job in enumerate(jobs) for _ in range(job.n_images)]
         self.guidance = torch.tensor([jobs[j].guidance for j in owner], dtype=torch.float32, device=device)
         temps = [jobs[j].temperature for j in owner]
@@ -134,7 +138,7 @@ class _Rows:
             for job in jobs
         ]
         self.uniforms = torch.cat(streams).to(device)
-        self.tokens = torch.zeros((n, total), dtype=torch.long, device=device)
+        self.tokens = torch.zeros((len(owner), total), dtype=torch.long, device=device)
         self._update_flags()
 
     def _update_flags(self) -> None:
@@ -151,10 +155,7 @@ class _Rows:
         keep = [i for job in self.jobs if job.key not in keys for i in range(*self.spans[job.key])]
         index = torch.tensor(keep, dtype=torch.long, device=self.tokens.device)
         self.jobs = [job for job in self.jobs if job.key not in keys]
-        self.spans, start = {}, 0
-        for job in self.jobs:
-            self.spans[job.key] = (start, start + job.n_images)
-            start += job.n_images
+        self.spans = _spans(self.jobs)
         for name in ("guidance", "temperature", "greedy", "uniforms", "tokens"):
             setattr(self, name, getattr(self, name).index_select(0, index))
         self._update_flags()

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from bot.cli import main as cli_main
 from janus_engine.errors import ModelNotAvailable
 from janus_engine.hub import download_model, looks_like_path, resolve_model_dir
-from janus_engine.protocol import ModelSpec
+from janus_engine.images import encode_png
+from janus_engine.protocol import GenerateRequest, ModelSpec, TextSampling, Turn, UnderstandRequest
 from janus_engine.runtime import JanusRuntime
 from janus_engine.runtime.loading import resolve_placement
 
@@ -108,3 +110,28 @@ def test_download_without_hub_access_is_a_readable_error(tmp_path: Path) -> None
 def test_download_command_accepts_a_local_directory(tiny_model_dir: Path, capsys) -> None:
     assert cli_main(["download", str(tiny_model_dir)]) == 0
     assert "nothing to download" in capsys.readouterr().out
+
+
+def _smoke(rt: JanusRuntime) -> None:
+    """Generate (seeded twice: same PNGs) and understand an image on ``rt``."""
+    [result] = rt.generate([GenerateRequest("g", "a red fox", n_images=2, seed=1)])
+    assert len(result.images) == 2
+    again = rt.generate([GenerateRequest("g", "a red fox", n_images=2, seed=1)])[0]
+    assert again.images == result.images
+    image = encode_png(Image.new("RGB", (40, 40), (10, 200, 10)))
+    turns = (Turn("user", "What is this?", (image,)),)
+    [answer] = rt.understand([UnderstandRequest("u", turns, TextSampling(max_new_tokens=5, seed=3))])
+    assert answer.completion_tokens >= 1
+
+
+def test_bfloat16_eager_runtime_generates_and_understands(tiny_model_dir: Path) -> None:
+    """The GPU configuration's dtype path (bf16 weights, fp32 sampling), run on the CPU."""
+    spec = ModelSpec(model=str(tiny_model_dir), dtype="bfloat16", attn_implementation="eager")
+    _smoke(JanusRuntime.load(spec))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_runtime_generates_and_understands(tiny_model_dir: Path) -> None:
+    rt = JanusRuntime.load(ModelSpec(model=str(tiny_model_dir), device="cuda"))
+    assert rt.device.startswith("cuda") and rt.dtype_name == "bfloat16"
+    _smoke(rt)
