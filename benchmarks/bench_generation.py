@@ -93,7 +93,8 @@ def build_model(shape: str, device: str, dtype_name: str):
         vq = JanusVQVAEConfig(base_channels=32, channel_multiplier=[1, 1, 1], num_res_blocks=1,
                               latent_channels=32, projection_dim=hidden, image_token_embed_dim=hidden)
     config = JanusConfig(
-        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids(IMAGE_TOKEN)
+        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids(IMAGE_TOKEN),
+        tie_word_embeddings=not real,  # DeepSeek-LLM has its own lm_head: 7.4B parameters, 14.8 GB in bf16
     )
     torch.manual_seed(0)
     with torch.device(device):

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 _SYSTEM_PROMPT_ATTR = "use_default_system_prompt"
 _DECODE_CHUNK = 8  # images per VQ-decoder call: bounds activation memory for 16-image batches
 _PREVIEW_GREY = 128
+# Janus-Pro's language model (DeepSeek-LLM) was trained on 4096-token sequences; a config that advertises
+# more positions does not make longer prompts work, so the context is capped here.
+TRAINED_CONTEXT = 4096
 
 
 class JanusRuntime:
@@ -57,7 +60,7 @@ class JanusRuntime:
         self.num_image_tokens = int(vision.num_image_tokens)
         self.image_size = int(vision.image_size)
         self.grid_side = round(self.num_image_tokens**0.5)
-        context = int(model.config.text_config.max_position_embeddings)
+        context = min(int(model.config.text_config.max_position_embeddings), TRAINED_CONTEXT)
         if isinstance(tokenizer.model_max_length, int) and tokenizer.model_max_length < 1_000_000:
             context = min(context, tokenizer.model_max_length)
         self.max_context_tokens = context
