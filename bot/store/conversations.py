@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from importlib import import_module
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -316,16 +317,23 @@ async def _require_turn_in(conn: AsyncConnection, turn_id: int, conversation_id:
 async def _insert_missing_images(
     conn: AsyncConnection, blobs: Sequence[tuple[str, bytes, int, int]], now: datetime
 ) -> None:
-    """Store each image once: a hash already present is the same bytes (sha256), so it is reused."""
+    """Store each image once: a hash already present is the same bytes (sha256), so it is reused.
+
+    SQLite and PostgreSQL both say "INSERT ... ON CONFLICT DO NOTHING", which is one statement and safe
+    against a concurrent writer storing the same image; other backends look first."""
     if not blobs:
         return
     wanted = {sha: (png, w, h) for sha, png, w, h in blobs}
-    present = set((await conn.scalars(select(Image.sha256).where(Image.sha256.in_(list(wanted))))).all())
     rows = [
         {"sha256": sha, "data": png, "width": w, "height": h, "size_bytes": len(png), "created_at": now}
         for sha, (png, w, h) in wanted.items()
-        if sha not in present
     ]
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        dialect_insert = import_module(f"sqlalchemy.dialects.{conn.dialect.name}").insert
+        await conn.execute(dialect_insert(Image).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+        return
+    present = set((await conn.scalars(select(Image.sha256).where(Image.sha256.in_(list(wanted))))).all())
+    rows = [row for row in rows if row["sha256"] not in present]
     if rows:
         await conn.execute(insert(Image), rows)
 
