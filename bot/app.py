@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import uuid
@@ -25,7 +24,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import BotConfig, ConfigError, load_config, restart_required_changes
-from bot.errors import NotAllowed
 from bot.limits import UsageLimiter
 from bot.policy import Requester, check_access
 from bot.store import SCOPE_SETTING, ConversationKey, ConversationScope, Store
@@ -227,26 +225,22 @@ class JanusBot(commands.Bot):
     def is_owner_id(self, user_id: int) -> bool:
         return user_id in self.config.discord.owners
 
-    def require_owner(self, interaction: discord.Interaction) -> None:
-        if not self.is_owner_id(interaction.user.id):
-            raise NotAllowed("Only the bot's owners (named in its config file) can use /admin.")
-
     # ---- errors ------------------------------------------------------------------------------------
 
     async def refuse(self, interaction: discord.Interaction, text: str) -> None:
-        """An ephemeral 'no, because ...'. If a public 'thinking' message was already shown, remove it."""
+        """An ephemeral 'no, because ...'.
+
+        After a public defer Discord cannot make the answer ephemeral any more (the first follow-up takes
+        the defer's visibility), so then the 'thinking' message itself becomes the explanation.
+        """
+        none = discord.AllowedMentions.none()
         try:
             if not interaction.response.is_done():
-                await interaction.response.send_message(
-                    text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
-                )
-                return
-            if interaction.extras.get("public_defer") and not interaction.extras.get("answered"):
-                with contextlib.suppress(discord.HTTPException):
-                    await interaction.delete_original_response()
-            await interaction.followup.send(
-                text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
-            )
+                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=none)
+            elif interaction.extras.get("public_defer") and not interaction.extras.get("answered"):
+                await interaction.edit_original_response(content=text, allowed_mentions=none)
+            else:
+                await interaction.followup.send(text, ephemeral=True, allowed_mentions=none)
         except discord.HTTPException as exc:
             log.warning("could not tell the user why (%s): %s", exc, text)
 

@@ -98,17 +98,23 @@ class InteractionOutlet:
         return not self.expired
 
     async def show(
-        self, content: str, *, file: NamedFile | None = None, view: Any = discord.utils.MISSING
+        self,
+        content: str,
+        *,
+        file: NamedFile | None = None,
+        view: Any = discord.utils.MISSING,
+        clear_files: bool = False,
     ) -> None:
-        """Update the progress/stream message (best effort: a failed progress edit never ends a job)."""
+        """Update the progress/stream message (best effort: a failed progress edit never ends a job).
+
+        ``file`` replaces the attached preview; ``clear_files`` removes it (a failed job keeps no preview).
+        """
+        attachments: Any = to_files([file]) if file else ([] if clear_files else discord.utils.MISSING)
         try:
             if self.token_alive():
                 try:
                     await self.interaction.edit_original_response(
-                        content=content,
-                        attachments=to_files([file]) if file else discord.utils.MISSING,
-                        view=view,
-                        allowed_mentions=NO_PINGS,
+                        content=content, attachments=attachments, view=view, allowed_mentions=NO_PINGS
                     )
                     return
                 except discord.HTTPException as exc:
@@ -123,11 +129,7 @@ class InteractionOutlet:
                     kwargs["view"] = view
                 self._channel_message = await self.channel.send(**kwargs)
             else:
-                await self._channel_message.edit(
-                    content=content,
-                    attachments=to_files([file]) if file else discord.utils.MISSING,
-                    view=view,
-                )
+                await self._channel_message.edit(content=content, attachments=attachments, view=view)
         except discord.HTTPException as exc:
             log.warning("progress update failed: %s", exc)
 
@@ -178,8 +180,8 @@ class InteractionOutlet:
         return ids
 
     async def fail(self, text: str) -> None:
-        """End the job's message with an explanation (failure, timeout, cancellation)."""
-        await self.show(text, view=None)
+        """End the job's message with an explanation (failure, timeout, cancellation), buttons removed."""
+        await self.show(text, view=None, clear_files=True)
 
 
 class MessageOutlet:

@@ -8,6 +8,7 @@ behind (a describe job still gets its finished record with the reason).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Outlet = InteractionOutlet | MessageOutlet
+DOWNLOAD_WINDOW_S = 1.5  # of Discord's 3 s to answer, how long attachments may take before we defer
 
 
 @dataclass
@@ -67,8 +69,20 @@ def check_question(bot: JanusBot, who: Requester, settings: dict[str, Any], text
     return text
 
 
-async def ask(bot: JanusBot, outlet: Outlet, q: Question) -> None:
-    """Submit the question and follow it to the end (streaming the answer into ``outlet``)."""
+@dataclass
+class Submitted:
+    """A question the engine accepted; :meth:`follow` streams it into an outlet in the background."""
+
+    handle: Any
+    conversation: ConversationRef
+    job_id: str
+
+    def follow(self, bot: JanusBot, outlet: Outlet, q: Question) -> None:
+        bot.spawn(_follow(bot, outlet, self.handle, q, self.conversation, self.job_id))
+
+
+async def submit(bot: JanusBot, q: Question) -> Submitted:
+    """Build the model context and hand the question to the engine (refusals raise here, synchronously)."""
     conv = q.conversation or await bot.store.resolve_conversation(bot.conversation_key(q.who, q.settings))
     turns = await _model_turns(bot, conv.id, q.text, q.images)
     u = bot.config.understanding
@@ -96,7 +110,7 @@ async def ask(bot: JanusBot, outlet: Outlet, q: Question) -> None:
             await bot.store.finish_job(job_id, JobStatus.FAILED, error=exc.user_message)
         raise
     bot.limiter.commit(q.who.user_id, CHAT)
-    bot.spawn(_follow(bot, outlet, handle, q, conv, job_id))
+    return Submitted(handle, conv, job_id)
 
 
 async def _model_turns(
@@ -205,8 +219,11 @@ async def answer_interaction(
 ) -> None:
     """The interaction side of /chat, /describe, "Describe image" and the Describe button.
 
-    Everything that can be refused without downloading is refused before deferring (an ephemeral
-    answer); the download and decode happen after the defer, because they may take longer than 3 s.
+    Refusals should be ephemeral, and after a public defer Discord no longer allows that (the first
+    follow-up inherits the defer's visibility). So everything is checked before deferring: metadata,
+    then the download and decode (given DOWNLOAD_WINDOW_S of the 3 s), then the engine's acceptance.
+    Only a download slower than the window is finished after deferring; its errors then replace the
+    "thinking" message in public, still saying why.
     """
     from bot.uploads import check_attachments, read_images
 
@@ -216,8 +233,20 @@ async def answer_interaction(
     if not text and not attachments:
         raise Refusal("Ask me something (or attach an image).")
     check_attachments(attachments, bot.config.understanding)
+    download = asyncio.ensure_future(read_images(attachments, bot.config.understanding))
+    try:
+        images = await asyncio.wait_for(asyncio.shield(download), DOWNLOAD_WINDOW_S)
+    except TimeoutError:
+        await _defer(interaction)
+        images = await download
+    q = Question(who, settings, text, images, kind=kind)
+    submitted = await submit(bot, q)
+    if not interaction.response.is_done():
+        await _defer(interaction)
+    interaction.extras["answered"] = True  # from here on the follower owns the message
+    submitted.follow(bot, InteractionOutlet(interaction), q)
+
+
+async def _defer(interaction: Any) -> None:
     await interaction.response.defer(thinking=True)
     interaction.extras["public_defer"] = True
-    images = await read_images(attachments, bot.config.understanding)
-    await ask(bot, InteractionOutlet(interaction), Question(who, settings, text, images, kind=kind))
-    interaction.extras["answered"] = True

@@ -21,7 +21,7 @@ from discord.ext import commands
 from bot.delivery import NO_PINGS, MessageOutlet
 from bot.formatting import clip, plural
 from bot.store import ConversationRef
-from bot.understanding import Question, answer_interaction, ask, check_question
+from bot.understanding import Question, answer_interaction, check_question, submit
 from bot.uploads import check_attachments, read_images
 from janus_engine.errors import JanusError
 
@@ -73,18 +73,16 @@ class ChatCog(commands.Cog):
             conversation = replied if replied is not None and replied is not _NOT_OURS else None
             if conversation is not None and conversation.key.user_id not in (None, who.user_id):
                 conversation = None  # someone else's private conversation: use the replier's own
-            await ask(
-                bot,
-                MessageOutlet(message),
-                Question(
-                    who,
-                    settings,
-                    text or bot.config.understanding.default_question,
-                    images,
-                    user_message_ids=(message.id,),
-                    conversation=conversation,
-                ),
+            q = Question(
+                who,
+                settings,
+                text or bot.config.understanding.default_question,
+                images,
+                user_message_ids=(message.id,),
+                conversation=conversation,
             )
+            submitted = await submit(bot, q)
+            submitted.follow(bot, MessageOutlet(message), q)
         except JanusError as exc:
             await message.reply(exc.user_message, mention_author=False, allowed_mentions=NO_PINGS)
 

@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import NotAllowed, Refusal
+from bot.errors import Refusal
 from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, ENABLED, NSFW_POLICY
 from bot.store import SCOPE_SETTING
 
@@ -33,7 +33,10 @@ class SettingsCog(
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         perms = interaction.permissions
         if not (perms.manage_guild or perms.administrator or self.bot.is_owner_id(interaction.user.id)):
-            raise NotAllowed("You need the Manage Server permission to change the bot's settings.")
+            # A CheckFailure (not a plain exception) so discord.py hands it to the tree error handler.
+            raise app_commands.CheckFailure(
+                "You need the Manage Server permission to change the bot's settings."
+            )
         return True
 
     async def _reply(self, interaction: discord.Interaction, text: str) -> None:

@@ -185,6 +185,24 @@ async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
         await asyncio.sleep(0.05)
 
 
+async def finished_job(bot: JanusBot, job_id: str) -> Any:
+    """The job's record once it reached a terminal status (the bot records it right after posting)."""
+
+    async def check() -> Any:
+        job = await bot.store.get_job(job_id)
+        return job if job is not None and job.status.is_terminal else None
+
+    return await eventually(check)
+
+
+async def finished_jobs(bot: JanusBot, user_id: int, count: int) -> list[Any]:
+    async def check() -> Any:
+        jobs = await bot.store.list_jobs(user_id=user_id)
+        return jobs if len(jobs) >= count and all(j.status.is_terminal for j in jobs) else None
+
+    return await eventually(check)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("bot-world")

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 import pytest
-from conftest import World, is_result
+from conftest import World, finished_job, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,7 +42,7 @@ async def test_imagine_shows_progress_then_images_with_buttons(world: World) -> 
     progress_edits = [r.at for r in revisions[:-1]]
     assert all(b - a >= 0.95 for a, b in itertools.pairwise(progress_edits)), progress_edits
     # The job record is finished with the message id and the seed.
-    job = await bot.store.get_job(job_id)
+    job = await finished_job(bot, job_id)
     assert job.status == "done" and job.seed == 7 and msg.id in job.message_ids
     assert job.params["count"] == 2
 
@@ -118,6 +118,6 @@ async def test_cancel_button_while_running(world: World) -> None:
     assert press.ephemeral
     final = await world.final(itx, lambda m: "Cancelled" in m.content)
     assert not final.attachments and final.custom_ids() == []
-    job = await bot.store.get_job(job_id)
+    job = await finished_job(bot, job_id)
     assert job.status == "cancelled"
     await asyncio.sleep(0)

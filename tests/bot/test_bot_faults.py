@@ -1,0 +1,100 @@
+"""What goes wrong in production: a token that expires before a long job ends, a worker killed mid-job,
+a full bot restart (buttons on old messages keep working; interrupted jobs are closed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import World, eventually, finished_job, is_result
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def _cancel_id(msg) -> str | None:
+    ids = [c for c in (msg.custom_ids() if msg else []) if c.startswith("janus:cancel:")]
+    return ids[0].split(":")[2] if ids else None
+
+
+async def _running(world: World, itx) -> str:
+    """Wait until the job shows a progress bar; return its job id."""
+    msg = await world.emu.wait_for(
+        lambda: (
+            itx.original
+            if itx.original and "%" in itx.original.content and _cancel_id(itx.original)
+            else None
+        ),
+        timeout=30,
+    )
+    return _cancel_id(msg)
+
+
+async def test_result_goes_out_as_a_channel_message_after_the_token_expires(world: World) -> None:
+    emu = world.emu
+    user = world.user("late-lena")
+    itx = await world.run(user, world.general, "imagine", prompt="a slow sunrise @everyone", count=4)
+    job_id = await _running(world, itx)
+    emu.advance_time(16 * 60)  # the interaction token is dead from now on
+    result = await emu.wait_for_message(
+        world.general, lambda m: m.interaction is None and is_result(m), timeout=30
+    )
+    assert job_id in result.custom_ids()[0]
+    assert len(result.attachments) == 4
+    assert result.pings.users == {user.id} or list(result.pings.users) == [user.id]  # only the requester
+    assert not result.pings.everyone and not result.pings.roles
+    dead = [r for r in emu.rejections if r.status == 401]
+    assert len(dead) == 1, dead  # one failed edit, then never the dead token again
+    job = await finished_job(world.bot, job_id)
+    assert job.status == "done" and result.id in job.message_ids
+    # No stray progress message is left behind in the channel.
+    leftovers = [m for m in emu.bot_messages(world.general) if _cancel_id(m) == job_id and not m.deleted]
+    assert [m.id for m in leftovers if m.interaction is None] == []
+
+
+async def test_worker_killed_mid_job_fails_that_job_clearly_and_the_next_one_works(world: World) -> None:
+    bot = world.bot
+    user = world.user("crash-carl")
+    itx = await world.run(user, world.general, "imagine", prompt="a fragile vase", count=2)
+    job_id = await _running(world, itx)
+    (worker,) = bot.engine.status().workers
+    os.kill(worker.pid, signal.SIGKILL)
+    final = await world.final(itx, lambda m: "Sorry, this failed" in m.content, timeout=30)
+    assert final.attachments == [] and _cancel_id(final) is None
+    job = await finished_job(bot, job_id)
+    assert job.status == "failed" and job.error
+    # The engine restarts the worker; the next request succeeds.
+    await eventually(lambda: _idle(bot), timeout=120)
+    again = await world.run(user, world.general, "imagine", prompt="a sturdy vase")
+    await world.final(again, is_result, timeout=60)
+
+
+async def _idle(bot) -> bool:
+    return all(w.state == "idle" for w in bot.engine.status().workers)
+
+
+async def test_buttons_work_after_a_full_restart_and_interrupted_jobs_are_closed(world: World) -> None:
+    emu = world.emu
+    user = world.user("restart-rita")
+    done = await world.run(user, world.general, "imagine", prompt="an old photograph", seed=5)
+    old = await world.final(done, is_result)
+    old_job = old.custom_ids()[0].split(":")[2]
+    await finished_job(world.bot, old_job)
+    running = await world.run(user, world.general, "imagine", prompt="an unfinished painting", count=4)
+    interrupted = await _running(world, running)
+
+    await world.stop_bot()  # engine workers stop, the database closes, the gateway disconnects
+    await world.start_bot()  # a new process would do exactly this: new engine, store, views
+
+    job = await world.bot.store.get_job(interrupted)
+    assert job.status == "failed" and "restarted" in job.error
+    press = await emu.press_button(user, running.original, f"janus:cancel:{interrupted}")
+    await press.wait_response()
+    assert press.ephemeral and "already ended" in press.original.content
+
+    press = await emu.press_button(user, old, f"janus:reroll:{old_job}")
+    await press.wait_response()
+    rerolled = await world.final(press, is_result, timeout=60)
+    new_job = await world.bot.store.get_job(rerolled.custom_ids()[0].split(":")[2])
+    assert new_job.prompt == "an old photograph" and new_job.params["parent_job"] == old_job
+    assert emu.failures == []

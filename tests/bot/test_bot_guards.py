@@ -1,0 +1,219 @@
+"""Every refusal is an ephemeral message that says why, and leaves nothing behind in the database:
+bad uploads (checked before downloading), blocked and NSFW prompts, cooldowns, daily caps, the engine's
+per-user limit, disabled channels, server-manager and owner-only commands, /admin reload."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import World, eventually, finished_jobs, is_result, png_bytes, write_toml
+
+from bot.policy import Requester
+from discord_emulator import EmulatorUsageError, Upload
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def _refused(world: World, itx, *needles: str) -> str:
+    """The interaction ended in one ephemeral message containing every needle (never a failure)."""
+    assert not itx.failed
+    msg = await world.emu.wait_for(
+        lambda: next(
+            (m for m in [itx.original, *itx.followups] if m is not None and m.ephemeral and m.content), None
+        )
+    )
+    for needle in needles:
+        assert needle in msg.content, msg.content
+    return msg.content
+
+
+async def _nothing_stored(world: World, user) -> None:
+    bot = world.bot
+    assert await bot.store.list_jobs(user_id=user.id) == []
+    who = Requester(user_id=user.id, guild_id=world.guild.id, channel_id=world.general.id)
+    conv = await bot.store.resolve_conversation(bot.conversation_key(who, {}))
+    assert await bot.store.list_turns(conv.id) == []
+
+
+@pytest.mark.parametrize(
+    ("upload", "reason", "downloaded"),
+    [
+        (Upload("notes.txt", b"hello", "text/plain"), "not a supported image", False),
+        (Upload("huge.png", b"\x89PNG" + bytes(300_000), "image/png"), "too large", False),
+        (
+            Upload("broken.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "image/png"),
+            "could not be decoded",
+            True,
+        ),
+        (Upload("fake.jpg", b"this is not a jpeg at all", "image/jpeg"), "not an image", True),
+    ],
+)
+async def test_bad_uploads_are_refused_with_the_reason(
+    world: World, upload, reason: str, downloaded: bool
+) -> None:
+    emu = world.emu
+    user = world.user(f"upl-{upload.filename}")
+    itx = await world.run(user, world.general, "describe", image=upload)
+    text = await _refused(world, itx, upload.filename, reason)
+    assert "interaction failed" not in text.lower()
+    attachment_id = int(itx.payload["data"]["options"][0]["value"])
+    assert (attachment_id in emu.cdn_downloads) is downloaded  # type and size are checked before downloading
+    # A deferred "thinking" message, if there was one, is gone: only the ephemeral explanation remains.
+    public = [m for m in emu.messages(world.general) if m.interaction is itx]
+    assert public == []
+    await _nothing_stored(world, user)
+
+
+async def test_too_many_images_in_a_mention_is_refused_before_downloading(world: World) -> None:
+    emu = world.emu
+    user = world.user("upl-many")
+    files = [Upload(f"p{i}.png", png_bytes(), "image/png") for i in range(5)]
+    sent = await emu.send_message(
+        user, world.general, "what are these?", attachments=files, mentions_bot=True
+    )
+    reply = await emu.wait_for_message(
+        world.general, lambda m: m.reference_id == sent.id, author=emu.bot_user
+    )
+    assert "Too many images" in reply.content and "at most 4" in reply.content
+    assert not set(a.id for a in sent.attachments) & set(emu.cdn_downloads)
+    await _nothing_stored(world, user)
+
+
+async def test_context_menu_on_a_message_without_images(world: World) -> None:
+    user = world.user("menu-noimg")
+    posted = await world.emu.send_message(user, world.general, "just text")
+    itx = await world.emu.context_menu(user, posted, "Describe image")
+    await itx.wait_response()
+    await _refused(world, itx, "no images")
+
+
+async def test_blocked_and_nsfw_prompts(world: World) -> None:
+    user = world.user("pol-prompts")
+    itx = await world.run(user, world.general, "imagine", prompt="a FORBIDDEN castle")
+    await _refused(world, itx, "does not accept")
+    itx = await world.run(user, world.general, "imagine", prompt="a nude statue")
+    await _refused(world, itx, "only accepted in channels marked NSFW")
+    await _nothing_stored(world, user)
+    # The same prompt is accepted in a channel marked NSFW.
+    nsfw = world.channel("after-dark", nsfw=True)
+    itx = await world.run(user, nsfw, "imagine", prompt="a nude statue")
+    assert itx.deferred and not itx.ephemeral
+    await world.final(itx, is_result)
+
+
+async def test_cooldown_and_daily_cap(world: World) -> None:
+    user = world.user("pol-limits")
+    world.set_limits(imagine_cooldown_s=120.0, images_per_user_per_day=3)
+    try:
+        first = await world.run(user, world.general, "imagine", prompt="a tree", count=2)
+        assert first.deferred
+        again = await world.run(user, world.general, "imagine", prompt="a tree")
+        await _refused(world, again, "Slow down", "again in")
+        world.bot.limiter.reset_cooldown(user.id, "imagine")
+        over = await world.run(user, world.general, "imagine", prompt="a tree", count=2)
+        await _refused(world, over, "today's limit of 3 images", "1 left")
+        await world.final(first, is_result)
+        jobs = await finished_jobs(world.bot, user.id, 1)
+        assert len(jobs) == 1  # refusals recorded no jobs
+    finally:
+        world.set_limits(imagine_cooldown_s=0.0, images_per_user_per_day=100)
+
+
+async def test_engine_user_limit_is_a_clear_message_and_the_job_record_is_closed(world: World) -> None:
+    """max_queued_per_user = 2: with one job running and two queued, a fourth is refused at once."""
+    user = world.user("pol-engine")
+    itxs = [await world.run(user, world.general, "imagine", prompt=f"a boat {i}", count=4) for i in range(3)]
+    assert all(i.deferred for i in itxs)
+    refused = await world.run(user, world.general, "imagine", prompt="a boat 3", count=4)
+    await _refused(world, refused, "2 jobs waiting")
+    for itx in itxs:
+        await world.final(itx, is_result, timeout=60)
+    jobs = await finished_jobs(world.bot, user.id, 4)
+    statuses = sorted(j.status.value for j in jobs)
+    assert statuses == ["done", "done", "done", "failed"]  # the refused one is closed with its reason
+    failed = next(j for j in jobs if j.status == "failed")
+    assert failed.error and failed.prompt == "a boat 3"
+
+
+async def test_settings_need_manage_server_and_disable_a_channel(world: World) -> None:
+    emu = world.emu
+    user = world.user("set-user")
+    quiet = world.channel("quiet")
+    with pytest.raises(EmulatorUsageError):  # Discord's client hides it from members without the permission
+        await emu.slash(user, quiet, "settings channel", enabled=False)
+    # Even if a server admin overrode the default permissions, the bot checks for itself.
+    itx = await emu.slash(user, quiet, "settings channel", enabled=False, ignore_default_permissions=True)
+    await itx.wait_response()
+    await _refused(world, itx, "Manage Server")
+
+    itx = await world.run(world.manager, quiet, "settings channel", enabled=False)
+    assert itx.ephemeral and "off" in itx.original.content
+    chat = await world.run(user, quiet, "chat", message="hello?")
+    await _refused(world, chat, "turned this bot off in this channel")
+    itx = await world.run(world.manager, quiet, "settings channel", enabled=True)
+    chat = await world.run(user, quiet, "chat", message="hello?")
+    assert chat.deferred
+    audit = await world.bot.store.list_audit(guild_id=world.guild.id)
+    assert any(e.actor_id == world.manager.id for e in audit)
+
+
+async def test_shared_scope_lets_a_channel_share_one_conversation(world: World) -> None:
+    lounge = world.channel("lounge")
+    a, b = world.user("share-a"), world.user("share-b")
+    itx = await world.run(world.manager, lounge, "settings scope", scope="shared")
+    assert "shared" in itx.original.content
+    first = await world.run(a, lounge, "chat", message="the password is swordfish")
+    await world.final(first, lambda m: "Queued" not in m.content and "▌" not in m.content)
+    await eventually(lambda: world.bot.store.conversation_for_message(first.original.id))
+    second = await world.run(b, lounge, "chat", message="what is the password?")
+    await world.final(second, lambda m: "Queued" not in m.content and "▌" not in m.content)
+    req = world.submitted[-1]
+    assert req.turns[0].text == "the password is swordfish"
+
+
+async def test_admin_is_for_owners_and_reload_keeps_the_old_config_when_invalid(world: World) -> None:
+    emu, bot = world.emu, world.bot
+    user = world.user("adm-user")
+    itx = await world.run(user, world.general, "admin stats")
+    await _refused(world, itx, "Only the bot's owners")
+    itx = await world.run(world.manager, world.general, "admin reload")  # Manage Server is not enough
+    await _refused(world, itx, "Only the bot's owners")
+
+    stats = await world.run(world.owner, world.general, "admin stats")
+    assert stats.ephemeral and "worker-0" in stats.original.content and "Jobs done" in stats.original.content
+
+    path = world.tmp / "config.toml"
+    doc = {k: dict(v) for k, v in world.doc.items()}
+    doc["limits"] = {**doc["limits"], "chat_cooldown_s": 33.0}
+    doc["engine"] = {**doc["engine"], "max_queue": 5}
+    write_toml(path, doc)
+    itx = await world.run(world.owner, world.general, "admin reload")
+    assert "Config reloaded" in itx.original.content and "engine" in itx.original.content
+    assert bot.config.limits.chat_cooldown_s == 33.0
+    assert bot.config.engine.max_queue == world.config.engine.max_queue  # needs a restart: unchanged
+    path.write_text("[limits]\nchat_cooldown_s = -1\n")
+    itx = await world.run(world.owner, world.general, "admin reload")
+    assert "Reload failed" in itx.original.content and "limits.chat_cooldown_s" in itx.original.content
+    assert bot.config.limits.chat_cooldown_s == 33.0
+    write_toml(path, world.doc)
+    itx = await world.run(world.owner, world.general, "admin reload")
+    assert bot.config.limits.chat_cooldown_s == 0.0
+    assert emu.failures == []
+
+
+async def test_help_queue_and_cancel_commands(world: World) -> None:
+    user = world.user("jobs-user")
+    help_ = await world.run(user, world.general, "help")
+    assert help_.ephemeral and "/imagine" in help_.original.content
+    empty = await world.run(user, world.general, "queue")
+    assert "no queued or running jobs" in empty.original.content
+    gens = [await world.run(user, world.general, "imagine", prompt=f"a kite {i}", count=4) for i in range(2)]
+    queue = await world.run(user, world.general, "queue")
+    assert queue.ephemeral and "a kite" in queue.original.content and "ETA" in queue.original.content
+    cancel = await world.run(user, world.general, "cancel")
+    assert cancel.ephemeral and "Cancelling" in cancel.original.content
+    for itx in gens:
+        await world.final(itx, lambda m: "Cancelled" in m.content or is_result(m), timeout=30)
+    jobs = await finished_jobs(world.bot, user.id, 2)
+    assert any(j.status == "cancelled" for j in jobs)
+    none_left = await world.run(user, world.general, "cancel")
+    await _refused(world, none_left, "no queued or running jobs")
