@@ -31,7 +31,14 @@ _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIB = 1024 * 1024
 # Prompts matching these count as NSFW for access.nsfw_policy (Janus has no image classifier of its own).
-DEFAULT_NSFW_PATTERNS = (r"\bnsfw\b", r"\bnude", r"\bnaked\b", r"\bporn", r"\bexplicit\b", r"\bsex")
+DEFAULT_NSFW_PATTERNS = (
+    r"\bnsfw\b",
+    r"\bnud(e|es|ity)\b",
+    r"\bnaked\b",
+    r"\bporn",
+    r"\bexplicit\b",
+    r"\bsex(ual|y)?\b",
+)
 _DEFAULT_NSFW = tuple(re.compile(p, re.IGNORECASE) for p in DEFAULT_NSFW_PATTERNS)
 
 

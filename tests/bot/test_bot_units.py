@@ -1,0 +1,220 @@
+"""The bot's small pure modules: formatting, limits, policy, upload checks, token counting, file fitting,
+and the rule that the bot process never imports torch or transformers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.config import AccessSection, LimitsSection, UnderstandingSection, parse_config
+from bot.delivery import fit_to_limit
+from bot.errors import BadUpload, BlockedPrompt, CooldownActive, DailyCapReached, NotAllowed
+from bot.formatting import format_eta, progress_bar, queue_line, quote_prompt, split_message
+from bot.limits import CHAT, IMAGINE, UsageLimiter
+from bot.policy import ENABLED, NSFW_POLICY, Requester, check_access, check_prompt, effective_nsfw_policy
+from bot.tokens import estimate_tokens, load_model_facts
+from bot.uploads import check_attachments, read_images
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---- formatting ---------------------------------------------------------------------------------------
+
+
+def test_progress_bar_and_eta() -> None:
+    assert progress_bar(0, 576, width=10) == "`[----------]`   0%"
+    assert progress_bar(288, 576, width=10) == "`[#####-----]`  50%"
+    assert progress_bar(600, 576, width=10) == "`[##########]` 100%"
+    assert format_eta(None) == "unknown" and format_eta(5.4) == "~5s" and format_eta(125) == "~2m 05s"
+    assert format_eta(3 * 3600 + 60) == "~3h 01m"
+    assert "you are next" in queue_line(1, None) and "2 jobs ahead" in queue_line(3, 40)
+
+
+def test_quote_prompt_neutralises_backticks_and_shortens() -> None:
+    assert quote_prompt("a `code` cat") == "`a 'code' cat`"
+    long = quote_prompt("word " * 200, limit=50)
+    assert len(long) == 52 and long.endswith("…`")
+
+
+def test_split_message_keeps_every_character_within_the_limit() -> None:
+    text = "\n".join(f"line {i} " + "x" * 50 for i in range(100))
+    chunks = split_message(text, limit=500)
+    assert all(len(c) <= 500 for c in chunks) and len(chunks) > 1
+    assert "".join(chunks).replace("\n", "") == text.replace("\n", "")
+    assert split_message("   ") == ["(empty answer)"]
+
+
+# ---- limits -------------------------------------------------------------------------------------------
+
+
+def test_cooldown_counts_only_committed_uses_and_caps_reset_daily() -> None:
+    now = [100.0]
+    day = ["2026-01-01"]
+    limiter = UsageLimiter(
+        LimitsSection(imagine_cooldown_s=10, chat_cooldown_s=0, images_per_user_per_day=5),
+        clock=lambda: now[0],
+        today=lambda: day[0],
+    )
+    limiter.check(1, IMAGINE, 4)  # a check alone does not start a cooldown
+    limiter.check(1, IMAGINE, 4)
+    limiter.commit(1, IMAGINE, 4)
+    with pytest.raises(CooldownActive, match="10s"):
+        limiter.check(1, IMAGINE)
+    limiter.check(2, IMAGINE)  # other users are unaffected
+    limiter.check(1, CHAT)  # and other actions
+    now[0] += 10.5
+    with pytest.raises(DailyCapReached, match="1 left"):
+        limiter.check(1, IMAGINE, 2)
+    limiter.check(1, IMAGINE, 1)
+    day[0] = "2026-01-02"
+    limiter.check(1, IMAGINE, 5)
+
+
+# ---- policy -------------------------------------------------------------------------------------------
+
+
+def _who(**kw) -> Requester:
+    base = {"user_id": 1, "guild_id": 10, "channel_id": 100}
+    return Requester(**{**base, **kw})
+
+
+def test_access_rules_name_the_reason() -> None:
+    open_ = AccessSection()
+    check_access(open_, _who(), {})
+    with pytest.raises(NotAllowed, match="not allowed"):
+        check_access(AccessSection(blocked_users=(1,)), _who(), {})
+    with pytest.raises(NotAllowed, match="server"):
+        check_access(AccessSection(allowed_guilds=(11,)), _who(), {})
+    with pytest.raises(NotAllowed, match="channel"):
+        check_access(AccessSection(allowed_channels=(101,)), _who(), {})
+    check_access(AccessSection(allowed_channels=(101,)), _who(channel_id=555, parent_channel_id=101), {})
+    with pytest.raises(NotAllowed, match="roles"):
+        check_access(AccessSection(allowed_roles=(7,)), _who(role_ids=frozenset({8})), {})
+    check_access(AccessSection(allowed_roles=(7,)), _who(role_ids=frozenset({7, 8})), {})
+    with pytest.raises(NotAllowed, match="turned this bot off"):
+        check_access(open_, _who(), {ENABLED: False})
+    with pytest.raises(NotAllowed, match="direct messages"):
+        check_access(AccessSection(allow_dms=False), _who(guild_id=None), {})
+
+
+def test_servers_can_tighten_the_nsfw_policy_but_never_loosen_it() -> None:
+    strict = AccessSection(nsfw_policy="block")
+    assert effective_nsfw_policy(strict, {NSFW_POLICY: "allow"}) == "block"
+    assert effective_nsfw_policy(AccessSection(nsfw_policy="allow"), {NSFW_POLICY: "nsfw_channels_only"}) == (
+        "nsfw_channels_only"
+    )
+    default = AccessSection()
+    with pytest.raises(BlockedPrompt, match="marked NSFW"):
+        check_prompt(default, _who(), {}, "a NUDE statue")
+    check_prompt(default, _who(channel_nsfw=True), {}, "a nude statue")
+    with pytest.raises(BlockedPrompt):
+        check_prompt(default, _who(channel_nsfw=True), {NSFW_POLICY: "block"}, "a nude statue")
+    check_prompt(default, _who(), {}, "a sextant on a table")  # whole words only: no false positives
+    blocked = AccessSection(blocked_prompt_patterns=(re.compile(r"\bdragon\b", re.I),))
+    with pytest.raises(BlockedPrompt):
+        check_prompt(blocked, _who(), {}, "A Dragon")
+
+
+# ---- uploads ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeAttachment:
+    """Stands in for discord.Attachment's metadata and read(); read() records that it was called."""
+
+    filename: str
+    size: int
+    content_type: str | None
+    data: bytes = b""
+    reads: int = 0
+
+    async def read(self) -> bytes:
+        self.reads += 1
+        return self.data
+
+
+def _png(size=(20, 20)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (1, 2, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_upload_metadata_checks_happen_before_any_download() -> None:
+    limits = UnderstandingSection(max_images_per_message=2, max_upload_bytes=1000)
+    files = [FakeAttachment("a.png", 10, "image/png"), FakeAttachment("b.png", 10, "image/png")] * 2
+    with pytest.raises(BadUpload, match="Too many images"):
+        asyncio.run(read_images(files, limits))
+    big = FakeAttachment("big.jpg", 5000, "image/jpeg")
+    with pytest.raises(BadUpload, match="too large"):
+        asyncio.run(read_images([big], limits))
+    pdf = FakeAttachment("doc.pdf", 10, None)
+    with pytest.raises(BadUpload, match=r"application/pdf"):
+        check_attachments([pdf], limits)
+    assert all(f.reads == 0 for f in [*files, big, pdf])
+
+
+def test_uploads_are_decoded_and_lying_metadata_is_caught() -> None:
+    limits = UnderstandingSection(max_upload_bytes=10_000)
+    good = FakeAttachment("ok.png", 100, "image/png", _png())
+    (png,) = asyncio.run(read_images([good], limits))
+    assert Image.open(io.BytesIO(png)).size == (20, 20)
+    liar = FakeAttachment("liar.png", 100, "image/png", b"\x89PNG" + bytes(20_000))
+    with pytest.raises(BadUpload, match="larger than"):
+        asyncio.run(read_images([liar], limits))
+    corrupt = FakeAttachment("bad.png", 30, "image/png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(BadUpload, match=r"bad\.png"):
+        asyncio.run(read_images([corrupt], limits))
+
+
+# ---- delivery -----------------------------------------------------------------------------------------
+
+
+def test_oversized_png_is_sent_as_jpeg_or_dropped_with_a_note() -> None:
+    noisy = Image.effect_noise((256, 256), 80).convert("RGB")
+    buf = io.BytesIO()
+    noisy.save(buf, format="PNG")
+    png = buf.getvalue()
+    files, notes = fit_to_limit([("a.png", png)], limit=len(png) - 1)
+    assert files[0][0] == "a.jpg" and len(files[0][1]) < len(png) and "JPEG" in notes[0]
+    files, notes = fit_to_limit([("a.png", png)], limit=100)
+    assert files == [] and "not sent" in notes[0]
+    assert fit_to_limit([("a.png", png)], limit=len(png)) == ([("a.png", png)], [])
+
+
+# ---- tokens -------------------------------------------------------------------------------------------
+
+
+def test_token_counts_use_the_models_tokenizer_when_present(tiny_model_dir: Path) -> None:
+    from tokenizers import Tokenizer
+
+    facts = load_model_facts(parse_config({"model": {"model": str(tiny_model_dir)}}))
+    assert facts.exact and facts.image_tokens == 16 and facts.context_tokens == 1024
+    tok = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    text = "a small red house by the sea"
+    assert facts.count_tokens(text) == len(tok.encode(text, add_special_tokens=False).ids)
+    assert facts.history_budget(5000, 100) == 1024 - 100 - 80
+
+
+def test_without_local_files_the_estimate_is_used(tmp_path: Path) -> None:
+    facts = load_model_facts(parse_config({"model": {"model": str(tmp_path / "missing")}}))
+    assert not facts.exact and facts.image_tokens == 576 and facts.context_tokens == 4096
+    assert facts.count_tokens("abcdef") == estimate_tokens("abcdef") == 2
+
+
+def test_the_bot_process_never_imports_torch_or_transformers() -> None:
+    code = (
+        "import sys, bot.app, bot.demo, bot.cogs.imagine, bot.cogs.chat, bot.cogs.describe, bot.cogs.jobs,"
+        " bot.cogs.settings, bot.cogs.admin, bot.cogs.help, bot.uploads, janus_engine.images;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
