@@ -26,7 +26,7 @@ from discord.ext import commands
 from bot.config import BotConfig, ConfigError, load_config, restart_required_changes
 from bot.limits import UsageLimiter
 from bot.policy import Requester, check_access
-from bot.store import SCOPE_SETTING, ConversationKey, ConversationScope, Store
+from bot.store import SCOPE_SETTING, ConversationKey, ConversationScope, Store, apply_retention
 from bot.tokens import ModelFacts, load_model_facts
 from bot.views import DYNAMIC_ITEMS
 from janus_engine.errors import JanusError
@@ -114,6 +114,7 @@ class JanusBot(commands.Bot):
             await self.load_extension(module)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
         await self.sync_commands()
+        self.spawn(self._retention_loop())
         if self._install_signal_handlers:
             try:
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -142,6 +143,18 @@ class JanusBot(commands.Bot):
             await self.engine.stop()
         if self.store is not None:
             await self.store.close()
+
+    async def _retention_loop(self, interval_s: float = 3600.0) -> None:
+        """Delete conversation turns older than memory.retention_days, hourly (read at each pass, so a
+        reload applies). One failed pass is logged and retried, never the end of the loop."""
+        while True:
+            days = self.config.memory.retention_days
+            if days > 0:
+                try:
+                    await apply_retention(self.store, days)
+                except Exception:
+                    log.exception("retention pass failed; retrying in %.0f s", interval_s)
+            await asyncio.sleep(interval_s)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a job follower in the background; tracked so close() can end it cleanly."""

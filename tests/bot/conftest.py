@@ -126,6 +126,7 @@ class World:
         bot = JanusBot(
             self.config,
             engine_config=dataclasses.replace(self.config.engine_config(), step_delay_s=STEP_DELAY_S),
+            install_signal_handlers=True,  # SIGHUP -> reload, as under `janus-bot run`
             guild_ready_timeout=0.05,
         )
         task = asyncio.create_task(bot.start(self.emu.bot_token))

@@ -4,6 +4,9 @@ per-user limit, disabled channels, server-manager and owner-only commands, /admi
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from conftest import World, eventually, finished_jobs, is_result, png_bytes, write_toml
 
@@ -217,3 +220,47 @@ async def test_help_queue_and_cancel_commands(world: World) -> None:
     assert any(j.status == "cancelled" for j in jobs)
     none_left = await world.run(user, world.general, "cancel")
     await _refused(world, none_left, "no queued or running jobs")
+
+
+async def test_full_queue_is_refused_with_a_clear_message(world: World) -> None:
+    """max_queue = 8: with one job running and eight waiting, the next one is refused at once."""
+    first_user = world.user("busy-first")
+    accepted = [await world.run(first_user, world.general, "imagine", prompt="a crowd", count=4)]
+    engine = world.bot.engine
+    await eventually(lambda: _state_is(engine, first_user.id, "running"))
+    users = [world.user(f"busy-{i}") for i in range(4)]
+    for user in users:
+        for i in range(2):
+            accepted.append(await world.run(user, world.general, "imagine", prompt=f"a crowd {i}", count=4))
+    assert all(itx.deferred for itx in accepted)
+    assert engine.status().queue_depth == 8
+    late = world.user("busy-late")
+    refused = await world.run(late, world.general, "imagine", prompt="one more", count=4)
+    await _refused(world, refused, "queue is full")
+    assert [j.status.value for j in await finished_jobs(world.bot, late.id, 1)] == ["failed"]
+    for user in [first_user, *users]:
+        await world.run(user, world.general, "cancel")
+    for itx in accepted:
+        await world.final(itx, lambda m: "Cancelled" in m.content or is_result(m), timeout=60)
+
+
+async def _state_is(engine, user_id: int, state: str) -> bool:
+    return any(info.state == state for info in engine.jobs_of(str(user_id)))
+
+
+async def test_sighup_reloads_the_config_file(world: World) -> None:
+    path = world.tmp / "config.toml"
+    doc = {k: dict(v) for k, v in world.doc.items()}
+    doc["limits"] = {**doc["limits"], "chat_cooldown_s": 7.0}
+    write_toml(path, doc)
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        await eventually(lambda: _cooldown_is(world, 7.0))
+    finally:
+        write_toml(path, world.doc)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await eventually(lambda: _cooldown_is(world, 0.0))
+
+
+async def _cooldown_is(world: World, value: float) -> bool:
+    return world.bot.config.limits.chat_cooldown_s == value

@@ -121,3 +121,23 @@ async def test_cancel_button_while_running(world: World) -> None:
     job = await finished_job(bot, job_id)
     assert job.status == "cancelled"
     await asyncio.sleep(0)
+
+
+async def test_several_users_at_once_each_get_their_own_images(world: World) -> None:
+    users = [world.user(f"crowd-{i}") for i in range(3)]
+    itxs = await asyncio.gather(
+        *(
+            world.run(u, world.general, "imagine", prompt=f"portrait number {i}", seed=100 + i)
+            for i, u in enumerate(users)
+        )
+    )
+    results = await asyncio.gather(*(world.final(itx, is_result, timeout=60) for itx in itxs))
+    for i, (user, msg) in enumerate(zip(users, results, strict=True)):
+        assert f"<@{user.id}>" in msg.content and f"portrait number {i}" in msg.content
+        assert f"seed {100 + i}" in msg.content
+        job = await finished_job(world.bot, msg.custom_ids()[0].split(":")[2])
+        assert job.user_id == user.id and job.prompt == f"portrait number {i}"
+    # The same seed and prompt give the same image whether it ran alone or in a batch with others.
+    again = await world.run(users[0], world.general, "imagine", prompt="portrait number 0", seed=100)
+    alone = await world.final(again, is_result, timeout=60)
+    assert alone.attachments[0].data == results[0].attachments[0].data

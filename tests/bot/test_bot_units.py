@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import subprocess
 import sys
@@ -218,3 +219,37 @@ def test_the_bot_process_never_imports_torch_or_transformers() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_janus_bot_check_validates_config_token_database_and_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f"[model]\nmodel = '{tiny_model_dir}'\ndevices = ['cpu']\n"
+        "[database]\nurl = 'sqlite+aiosqlite:///janus.db'\n"
+        "[discord]\ntoken_env = 'JANUS_TEST_TOKEN'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JANUS_TEST_TOKEN"}
+
+    def check(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bot.cli", "check", "--config", str(cfg)],
+            cwd=REPO,
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    ok = check({"JANUS_TEST_TOKEN": "secret-token-value"})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "is valid" in ok.stdout and "JANUS_TEST_TOKEN is set" in ok.stdout
+    assert "schema at the newest migration" in ok.stdout and "looks complete" in ok.stdout
+    assert "secret-token-value" not in ok.stdout + ok.stderr
+    assert (tmp_path / "janus.db").is_file()  # relative to the config file, not the working directory
+    missing = check({})
+    assert missing.returncode == 1 and "PROBLEM" in missing.stdout and "JANUS_TEST_TOKEN" in missing.stdout
+    cfg.write_text("[engine]\nmax_queue = 0\n")
+    bad = check({})
+    assert bad.returncode == 2 and "engine.max_queue: must be >= 1" in bad.stderr
