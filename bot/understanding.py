@@ -242,7 +242,15 @@ async def answer_interaction(
     q = Question(who, settings, text, images, kind=kind)
     submitted = await submit(bot, q)
     if not interaction.response.is_done():
-        await _defer(interaction)
+        try:
+            await _defer(interaction)
+        except Exception:  # Discord gave up on this interaction: nobody would see the answer
+            await bot.engine.cancel(submitted.job_id)
+            if kind is not None:
+                await bot.store.finish_job(
+                    submitted.job_id, JobStatus.FAILED, error="Discord did not accept the answer in time"
+                )
+            raise
     interaction.extras["answered"] = True  # from here on the follower owns the message
     submitted.follow(bot, InteractionOutlet(interaction), q)
 

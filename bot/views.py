@@ -146,7 +146,8 @@ class EditPromptModal(ui.Modal, title="Edit prompt"):
     )
 
     def __init__(self, job_id: str, prompt: str, max_chars: int) -> None:
-        super().__init__(timeout=None, custom_id=f"janus:editmodal:{job_id}")
+        # A modal lives as long as the interaction that opened it (15 minutes); forget it after that.
+        super().__init__(timeout=15 * 60, custom_id=f"janus:editmodal:{job_id}")
         self.job_id = job_id
         self.prompt.default = prompt[:max_chars]
         self.prompt.max_length = max_chars

@@ -1,4 +1,4 @@
-"""Conversations with memory: /chat, @mentions, replies to the bot, /forget and /history.
+"""Conversations with memory: /chat, @mentions, replies to the bot, DMs, /forget and /history.
 
 Which conversation a message joins is the store's scope rule (per user per channel by default, shared
 per channel when a server manager says so, per user in DMs). A reply to one of the bot's answers
@@ -54,7 +54,8 @@ class ChatCog(commands.Cog):
         bot = self.bot
         if message.author.bot or bot.user is None or not bot.config.discord.respond_to_mentions:
             return
-        mentioned = any(u.id == bot.user.id for u in message.mentions)
+        # In a DM every message is for the bot; in a server only @mentions and replies to the bot are.
+        mentioned = message.guild is None or any(u.id == bot.user.id for u in message.mentions)
         replied = await self._replied_conversation(message)
         if not mentioned and replied is None:
             return

@@ -125,7 +125,14 @@ class ImagineCog(commands.Cog):
             await bot.store.finish_job(job.id, JobStatus.FAILED, error=exc.user_message)
             raise
         bot.limiter.commit(who.user_id, IMAGINE, count)
-        await interaction.response.defer(thinking=True)
+        try:
+            await interaction.response.defer(thinking=True)
+        except discord.HTTPException:  # Discord gave up on this interaction: nobody would see the result
+            await bot.engine.cancel(job.id)
+            await bot.store.finish_job(
+                job.id, JobStatus.FAILED, error="Discord did not accept the answer in time"
+            )
+            raise
         interaction.extras["public_defer"] = True
         interaction.extras["answered"] = True  # from here on the follower owns the message
         bot.spawn(self._follow(InteractionOutlet(interaction), handle, job))

@@ -155,3 +155,17 @@ async def test_history_export_and_forget(world: World) -> None:
     await _answered(world, again)
     assert len(_understand_for(world, fay.id)[-1].turns) == 1
     assert emu.failures == []
+
+
+async def test_direct_messages_need_no_mention_and_have_their_own_memory(world: World) -> None:
+    emu = world.emu
+    gus = world.user("dm-gus")
+    dm = emu.dm_channel(gus)
+    await emu.send_message(gus, dm, f"[{gus.id}] hello in private")
+    reply = await emu.wait_for_message(dm, lambda m: _final_text(m), author=emu.bot_user, timeout=30)
+    await eventually(lambda: world.bot.store.conversation_for_message(reply.id))
+    conv = await world.bot.store.conversation_for_message(reply.id)
+    assert conv.key.scope == "dm" and conv.key.user_id == gus.id and conv.key.guild_id is None
+    await emu.send_message(gus, dm, f"[{gus.id}] still there?")
+    await emu.wait_for(lambda: len(_understand_for(world, gus.id)) == 2)
+    assert len(_understand_for(world, gus.id)[1].turns) == 3
