@@ -109,6 +109,8 @@ class InteractionOutlet:
 
         ``file`` replaces the attached preview; ``clear_files`` removes it (a failed job keeps no preview).
         """
+        if file and len(file[1]) > self.upload_limit:
+            file = None  # a preview is optional: skip one that this server's upload limit would refuse
         attachments: Any = to_files([file]) if file else ([] if clear_files else discord.utils.MISSING)
         try:
             if self.token_alive():

@@ -264,3 +264,27 @@ async def test_sighup_reloads_the_config_file(world: World) -> None:
 
 async def _cooldown_is(world: World, value: float) -> bool:
     return world.bot.config.limits.chat_cooldown_s == value
+
+
+async def test_server_defaults_and_nsfw_policy_from_settings(world: World) -> None:
+    user = world.user("defaults-user")
+    itx = await world.run(world.manager, world.general, "settings defaults", count=2, guidance=3.0)
+    assert "default_count=2" in itx.original.content
+    too_many = await world.run(world.manager, world.general, "settings defaults", count=9)
+    await _refused(world, too_many, "at most 4")
+    show = await world.run(world.manager, world.general, "settings show")
+    assert (
+        "Default image count: 2" in show.original.content and "Default guidance: 3.0" in show.original.content
+    )
+    gen = await world.run(user, world.general, "imagine", prompt="a default pair")
+    msg = await world.final(gen, is_result)
+    assert len(msg.attachments) == 2 and "guidance 3" in msg.content
+    await world.run(world.manager, world.general, "settings defaults", count=1, guidance=5.0)
+
+    nsfw = world.channel("strict-nsfw", nsfw=True)
+    await world.run(world.manager, nsfw, "settings nsfw", policy="block")
+    try:
+        refused = await world.run(user, nsfw, "imagine", prompt="a nude statue")
+        await _refused(world, refused, "not accepted here")
+    finally:
+        await world.run(world.manager, nsfw, "settings nsfw", policy="nsfw_channels_only")

@@ -141,3 +141,18 @@ async def test_several_users_at_once_each_get_their_own_images(world: World) -> 
     again = await world.run(users[0], world.general, "imagine", prompt="portrait number 0", seed=100)
     alone = await world.final(again, is_result, timeout=60)
     assert alone.attachments[0].data == results[0].attachments[0].data
+
+
+async def test_images_are_fitted_to_the_servers_upload_limit(world: World) -> None:
+    user = world.user("small-uploads")
+    saved = world.guild.upload_limit
+    world.guild.upload_limit = 2000  # smaller than the tiny model's PNGs (about 2.5 kB)
+    try:
+        itx = await world.run(user, world.general, "imagine", prompt="a detailed city", count=2)
+        msg = await world.final(itx, is_result)
+    finally:
+        world.guild.upload_limit = saved
+    assert [a.filename[-4:] for a in msg.attachments] == [".jpg", ".jpg"]
+    assert all(a.size <= 2000 for a in msg.attachments)
+    assert "sent as JPEG" in msg.content
+    assert not any(r.status == 413 for r in world.emu.rejections)
