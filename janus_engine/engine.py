@@ -23,19 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import heapq
 import itertools
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from janus_engine import errors
 from janus_engine.config import EngineConfig
 from janus_engine.errors import InvalidRequest, JobCancelled, JobFailed, ModelNotAvailable, QueueFull
-from janus_engine.eta import SpeedMeter
+from janus_engine.eta import SpeedMeter, simulate_queue
 from janus_engine.ipc import (
     BatchFinished,
     CancelJobs,
@@ -157,8 +156,8 @@ class _Job:
     state: str = "queued"  # queued | running
     slot: _Slot | None = None
     step: int = 0
+    total: int = 0
     cancel_requested: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class JanusEngine:
@@ -502,7 +501,7 @@ class JanusEngine:
                 record = self._jobs.get(job_id)
                 if record is not None and record.state == "running":
                     record.step = message.step
-                    record.extra["total"] = message.total
+                    record.total = message.total
                     record.handle._emit(Progress(job_id, message.step, message.total))
             return
         record = self._jobs.get(message.job_id)
@@ -510,7 +509,7 @@ class JanusEngine:
             return
         handle = record.handle
         if isinstance(message, PreviewImage):
-            total = record.extra.get("total", message.step)
+            total = record.total or message.step
             handle._emit(Progress(message.job_id, message.step, total, preview=message.png))
         else:
             record.step += 1
@@ -653,40 +652,17 @@ class JanusEngine:
         return max(0.0, total - (time.monotonic() - batch.started_at))
 
     def _queue_etas(self) -> dict[str, float | None]:
-        """Simulate the queue: batches in fair order go to whichever live worker frees up first."""
+        """ETA of every queued job: the queue in fair order, run on the live workers (see simulate_queue)."""
         order = self._scheduler.fair_order()
         if not order:
             return {}
-        free_at: list[float] = []
-        for slot in self._slots:
-            if slot.state in ("failed", "stopped"):
-                continue
-            remaining = self._remaining_seconds(slot)
-            if remaining is None:
-                return {job.job_id: None for job in order}
-            free_at.append(remaining)
-        if not free_at:
-            return {job.job_id: None for job in order}
-        heapq.heapify(free_at)
-        etas: dict[str, float | None] = {}
-        index = 0
-        while index < len(order):
-            kind = order[index].kind
-            limit = (
-                self.config.max_images_per_batch if kind == "generate" else self.config.max_understand_batch
-            )
-            members = [order[index]]
-            size = order[index].weight
-            index += 1
-            while index < len(order) and order[index].kind == kind and size + order[index].weight <= limit:
-                size += order[index].weight
-                members.append(order[index])
-                index += 1
-            seconds = self._meter.batch_seconds(kind, size)
-            if seconds is None:
-                return {job.job_id: None for job in order}
-            finish = heapq.heappop(free_at) + seconds
-            heapq.heappush(free_at, finish)
-            for job in members:
-                etas[job.job_id] = finish
-        return etas
+        free_at: list[float | None] = [
+            self._remaining_seconds(slot) for slot in self._slots if slot.state not in ("failed", "stopped")
+        ]
+        limits = {
+            "generate": self.config.max_images_per_batch,
+            "understand": self.config.max_understand_batch,
+        }
+        return simulate_queue(
+            [(job.job_id, job.kind, job.weight) for job in order], free_at, self._meter.batch_seconds, limits
+        )

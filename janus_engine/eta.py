@@ -8,8 +8,10 @@ it will actually run in.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _HISTORY = 32
@@ -85,3 +87,37 @@ class SpeedMeter:
         images = sum(s.size for s in recent if s.kind == "generate")
         tokens = sum(s.tokens for s in recent if s.kind == "understand")
         return images / window, tokens / window
+
+
+def simulate_queue(
+    order: Sequence[tuple[str, str, int]],
+    free_at: Sequence[float | None],
+    batch_seconds: Callable[[str, int], float | None],
+    limits: dict[str, int],
+) -> dict[str, float | None]:
+    """Seconds until each queued job is done: ``order`` is (job_id, kind, weight) in fair order, grouped
+    greedily into batches of one kind up to ``limits[kind]``; each batch goes to whichever worker frees
+    up first (``free_at``: seconds until each live worker is idle). Unknown (None) if any needed figure
+    has not been measured yet or no worker is alive: better no ETA than an invented one."""
+    unknown: dict[str, float | None] = {job_id: None for job_id, _, _ in order}
+    if not free_at or any(t is None for t in free_at):
+        return unknown
+    workers = [float(t) for t in free_at if t is not None]
+    heapq.heapify(workers)
+    etas: dict[str, float | None] = {}
+    index = 0
+    while index < len(order):
+        _, kind, size = order[index]
+        members = [order[index][0]]
+        index += 1
+        while index < len(order) and order[index][1] == kind and size + order[index][2] <= limits[kind]:
+            size += order[index][2]
+            members.append(order[index][0])
+            index += 1
+        seconds = batch_seconds(kind, size)
+        if seconds is None:
+            return unknown
+        finish = heapq.heappop(workers) + seconds
+        heapq.heappush(workers, finish)
+        etas.update(dict.fromkeys(members, finish))
+    return etas

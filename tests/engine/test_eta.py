@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from janus_engine.eta import SpeedMeter
+from janus_engine.eta import SpeedMeter, simulate_queue
 
 
 class FakeClock:
@@ -48,3 +48,21 @@ def test_throughput_counts_only_the_last_minute() -> None:
     assert images_per_s == pytest.approx(0.4) and tokens_per_s == pytest.approx(5.0)
     clock.now += 120
     assert meter.throughput(started) == (0.0, 0.0)
+
+
+def test_queue_simulation_batches_in_order_and_uses_the_first_free_worker() -> None:
+    def seconds(kind: str, size: int) -> float:
+        return 10.0 + size if kind == "generate" else 2.0
+
+    order = [("a", "generate", 2), ("b", "generate", 2), ("c", "generate", 1), ("q", "understand", 1)]
+    etas = simulate_queue(order, [0.0, 5.0], seconds, {"generate": 4, "understand": 8})
+    # a+b form one 4-image batch on the idle worker (done at 14); c runs alone on the other, free at 5
+    # (done at 16); q follows on the first worker again (14 + 2).
+    assert etas == {"a": 14.0, "b": 14.0, "c": 16.0, "q": 16.0}
+
+
+def test_queue_simulation_says_unknown_rather_than_guessing() -> None:
+    order = [("a", "generate", 1)]
+    assert simulate_queue(order, [0.0], lambda kind, size: None, {"generate": 4}) == {"a": None}
+    assert simulate_queue(order, [None], lambda kind, size: 1.0, {"generate": 4}) == {"a": None}
+    assert simulate_queue(order, [], lambda kind, size: 1.0, {"generate": 4}) == {"a": None}
