@@ -4,6 +4,7 @@ and the rule that the bot process never imports torch or transformers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
@@ -253,3 +254,43 @@ def test_janus_bot_check_validates_config_token_database_and_model(
     cfg.write_text("[engine]\nmax_queue = 0\n")
     bad = check({})
     assert bad.returncode == 2 and "engine.max_queue: must be >= 1" in bad.stderr
+
+
+def test_janus_bot_run_reports_a_refused_token_in_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`janus-bot run` through the real CLI against the emulator (in its own thread and loop): a wrong
+    token ends with exit status 2 and a readable line, not a traceback, and the token is never printed."""
+    import threading
+
+    from bot.cli import main
+    from discord_emulator import DiscordEmulator, configure_client
+
+    ready, stop = threading.Event(), threading.Event()
+    urls: dict[str, str] = {}
+
+    async def serve() -> None:
+        async with DiscordEmulator(bot_token="the-real-token") as emu:
+            urls.update(api=emu.api_base, gateway=emu.gateway_url)
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f"[discord]\ntoken_env = 'JANUS_RUN_TOKEN'\n[model]\nmodel = '{tiny_model_dir}'\ndevices = ['cpu']\n"
+    )
+    os.environ["JANUS_RUN_TOKEN"] = "a-wrong-token"
+    try:
+        with configure_client(urls["api"], urls["gateway"]):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = main(["run", "--config", str(cfg)])
+    finally:
+        os.environ.pop("JANUS_RUN_TOKEN", None)
+        stop.set()
+        thread.join(30)
+    assert code == 2
+    assert "Discord refused the token in JANUS_RUN_TOKEN" in err.getvalue()
+    assert "a-wrong-token" not in err.getvalue()
