@@ -205,8 +205,12 @@ async def finished_jobs(bot: JanusBot, user_id: int, count: int) -> list[Any]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    """A module may set CONFIG_OVERRIDES = {"section": {key: value}} to start its bot differently."""
     tmp = tmp_path_factory.mktemp("bot-world")
+    overrides = getattr(request.module, "CONFIG_OVERRIDES", {})
     async with DiscordEmulator() as emu:
         guild = emu.add_guild("Janus Test", upload_limit=10 * 1024 * 1024)
         general = emu.add_channel(guild, "general")
@@ -215,7 +219,7 @@ async def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         manager = emu.add_user("manager")
         mods = emu.add_role(guild, "mods", permissions=discord.Permissions(manage_guild=True))
         emu.add_member(guild, manager, roles=[mods])
-        doc = config_doc(tiny_model_dir, tmp / "janus.db", guild.id, owner.id)
+        doc = config_doc(tiny_model_dir, tmp / "janus.db", guild.id, owner.id, **overrides)
         write_toml(tmp / "config.toml", doc)
         w_doc = doc
         config = load_config(tmp / "config.toml")

@@ -42,6 +42,9 @@ async def test_describe_upload_answers_and_records_job_and_turns(world: World) -
     itx = await world.run(alice, world.general, "describe", image=Upload("cat.png", png_bytes(), "image/png"))
     assert itx.deferred and not itx.ephemeral
     answer = await _answered(world, itx)
+    # The answer streamed into the message: an earlier version held a prefix of it with a cursor.
+    partial = [r.content for r in itx.original.revisions if r.content.endswith(" ▌")]
+    assert partial and all(answer.startswith(p.removesuffix(" ▌").strip()) for p in partial), partial
 
     async def finished():
         jobs = await bot.store.list_jobs(user_id=alice.id)
@@ -169,3 +172,17 @@ async def test_direct_messages_need_no_mention_and_have_their_own_memory(world: 
     await emu.send_message(gus, dm, f"[{gus.id}] still there?")
     await emu.wait_for(lambda: len(_understand_for(world, gus.id)) == 2)
     assert len(_understand_for(world, gus.id)[1].turns) == 3
+
+
+async def test_chat_with_an_image_sends_it_to_the_model(world: World) -> None:
+    hal = world.user("img-hal")
+    itx = await world.run(
+        hal,
+        world.general,
+        "chat",
+        message=f"[{hal.id}] what is this?",
+        image=Upload("x.png", png_bytes(), "image/png"),
+    )
+    await _answered(world, itx)
+    (req,) = _understand_for(world, hal.id)
+    assert len(req.turns[-1].images) == 1 and req.turns[-1].images[0].startswith(b"\x89PNG")
