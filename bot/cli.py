@@ -19,7 +19,9 @@ DEFAULT_MODEL = "deepseek-community/Janus-Pro-7B"
 
 def _add_model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
     p.add_argument("--model", default=default_model, help="hub id or local directory (default: %(default)s)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)"
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
 
@@ -30,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="connect to Discord and serve (token from the env var named in the config)")
+    p = sub.add_parser(
+        "run", help="connect to Discord and serve (token from the env var named in the config)"
+    )
     p.add_argument("--config", default="config.toml")
     p.set_defaults(handler="bot.app:run_command")
 

@@ -101,7 +101,7 @@ class GenerateResult:
 
 @dataclass(frozen=True)
 class Queued:
-    """The job waits; ``position`` is 1-based among jobs ahead in the fair order, ``eta_s`` None if unknown."""
+    """The job waits: ``position`` is 1-based in the fair order; ``eta_s`` is None while unknown."""
 
     job_id: str
     position: int
