@@ -24,6 +24,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import BotConfig, ConfigError, load_config, restart_required_changes
+from bot.delivery import report_interrupted
 from bot.limits import UsageLimiter
 from bot.policy import Requester, check_access
 from bot.store import SCOPE_SETTING, ConversationKey, ConversationScope, Store, apply_retention
@@ -103,7 +104,8 @@ class JanusBot(commands.Bot):
         self.store = await Store.open(self.config.database.url, count_tokens=self.facts.count_tokens)
         stale = await self.store.fail_interrupted_jobs()
         if stale:
-            log.info("marked %d job(s) of a previous run as failed", stale)
+            log.info("marked %d job(s) of a previous run as failed", len(stale))
+            self.spawn(report_interrupted(self, stale))
         if self.engine is None:
             from janus_engine.engine import JanusEngine
 

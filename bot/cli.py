@@ -35,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", help="connect to Discord and serve (token from the env var named in the config)"
     )
-    p.add_argument("--config", default="config.toml")
+    p.add_argument("--config", default="config.toml", help="the admin config file (default: %(default)s)")
     p.set_defaults(handler="bot.app:run_command")
 
     p = sub.add_parser("check", help="validate the config, the database and the model")
-    p.add_argument("--config", default="config.toml")
+    p.add_argument("--config", default="config.toml", help="the admin config file (default: %(default)s)")
     p.set_defaults(handler="bot.app:check_command")
 
     p = sub.add_parser("demo", help="offline demo: Discord emulator + bot + tiny model, prints a transcript")
@@ -47,32 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="bot.demo:demo_command")
 
     p = sub.add_parser("imagine", help="generate images from a prompt (through the engine)")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="what to draw")
     p.add_argument("-n", "--count", type=int, default=1, help="images, 1-16 (default 1)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible images (default: random)")
     p.add_argument("--guidance", type=float, default=5.0, help="CFG scale, > 1 (default 5)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     p.add_argument("-o", "--output", default=".", help="output folder (default: current)")
     _add_model_args(p)
     p.set_defaults(handler="janus_engine.cli_jobs:imagine_command")
 
     p = sub.add_parser("describe", help="describe one or more images (through the engine)")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--prompt", default="Describe this image in detail.")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, GIF, BMP)")
+    p.add_argument("--prompt", default="Describe this image in detail.", help="the question to ask")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+    p.add_argument("--temperature", type=float, default=0.1, help="0 for greedy (default 0.1)")
+    p.add_argument("--seed", type=int, default=None, help="seed for a reproducible answer")
     _add_model_args(p)
     p.set_defaults(handler="janus_engine.cli_jobs:describe_command")
 
     p = sub.add_parser("download", help="fetch model weights ahead of time (progress bar)")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="hub id (default: %(default)s)")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF's own)")
     p.set_defaults(handler="janus_engine.hub:download_command")
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random Janus checkpoint (tests, demo)")
-    p.add_argument("directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("directory", help="folder to write the checkpoint to")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.set_defaults(handler="janus_engine.tiny:make_tiny_model_command")
 
     p = sub.add_parser("db", help="database migrations")

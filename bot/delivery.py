@@ -17,13 +17,15 @@ import contextlib
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import discord
 
-from bot.formatting import split_message
+from bot.formatting import plural, quote_prompt, split_message
+from bot.store.records import JobKind, JobRecord
+from bot.views import retry_view
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,27 @@ NamedFile = tuple[str, bytes]
 NO_PINGS = discord.AllowedMentions.none()
 TOKEN_MARGIN = timedelta(seconds=30)  # stop using a token this long before it dies
 _DEAD_TOKEN_CODES = {50027, 10015, 10062}  # invalid webhook token, unknown webhook, unknown interaction
+MessageHook = Callable[[int], Awaitable[Any]]
+
+
+class _Announcer:
+    """Tells the job's owner (``on_new_message``) the id of each message that starts showing the job.
+
+    The job record keeps those ids, so that after a crash or restart the bot can find the progress
+    message and say what happened, instead of leaving a bar that never moves and a dead Cancel button."""
+
+    def __init__(self, on_new_message: MessageHook | None = None) -> None:
+        self.on_new_message = on_new_message
+        self._announced: set[int] = set()
+
+    async def _announce(self, message_id: int) -> None:
+        if message_id in self._announced or self.on_new_message is None:
+            return
+        self._announced.add(message_id)
+        try:
+            await self.on_new_message(message_id)
+        except Exception:  # bookkeeping must never end the job it describes
+            log.exception("could not record message %s of a job", message_id)
 
 
 def to_files(named: Sequence[NamedFile]) -> list[discord.File]:
@@ -79,10 +102,17 @@ class Throttle:
         self._last = time.monotonic()
 
 
-class InteractionOutlet:
+class InteractionOutlet(_Announcer):
     """Progress and results of one interaction: its original response, then the channel after expiry."""
 
-    def __init__(self, interaction: discord.Interaction, *, upload_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        *,
+        upload_limit: int | None = None,
+        on_new_message: MessageHook | None = None,
+    ) -> None:
+        super().__init__(on_new_message)
         self.interaction = interaction
         self.user_id = interaction.user.id
         self.channel: Any = interaction.channel
@@ -115,9 +145,10 @@ class InteractionOutlet:
         try:
             if self.token_alive():
                 try:
-                    await self.interaction.edit_original_response(
+                    msg = await self.interaction.edit_original_response(
                         content=content, attachments=attachments, view=view, allowed_mentions=NO_PINGS
                     )
+                    await self._announce(msg.id)
                     return
                 except discord.HTTPException as exc:
                     if not is_dead_token(exc):
@@ -130,6 +161,7 @@ class InteractionOutlet:
                 if view is not discord.utils.MISSING and view is not None:
                     kwargs["view"] = view
                 self._channel_message = await self.channel.send(**kwargs)
+                await self._announce(self._channel_message.id)
             else:
                 await self._channel_message.edit(content=content, attachments=attachments, view=view)
         except discord.HTTPException as exc:
@@ -186,10 +218,11 @@ class InteractionOutlet:
         await self.show(text, view=None, clear_files=True)
 
 
-class MessageOutlet:
+class MessageOutlet(_Announcer):
     """Answers a plain message (an @mention or a reply) with a reply that is then edited as text streams."""
 
-    def __init__(self, message: discord.Message) -> None:
+    def __init__(self, message: discord.Message, *, on_new_message: MessageHook | None = None) -> None:
+        super().__init__(on_new_message)
         self.message = message
         self.user_id = message.author.id
         self.channel: Any = message.channel
@@ -205,6 +238,7 @@ class MessageOutlet:
                 self._reply = await self.message.reply(
                     content, mention_author=False, allowed_mentions=NO_PINGS
                 )
+                await self._announce(self._reply.id)
             else:
                 await self._reply.edit(content=content, view=view)
         except discord.HTTPException as exc:
@@ -233,3 +267,36 @@ class MessageOutlet:
 
     async def fail(self, text: str) -> None:
         await self.show(text, view=None)
+
+
+INTERRUPTED = "This job was interrupted: the bot restarted before it finished."
+
+
+async def report_interrupted(client: discord.Client, jobs: Sequence[JobRecord]) -> None:
+    """After a restart, edit the messages of jobs the previous process left unfinished to say so.
+
+    Without this, a user would be left looking at a progress bar that never moves and a Cancel button
+    that answers "already ended". An /imagine job gets Re-roll and Edit prompt buttons, so running it
+    again is one click; a question is asked again by the user. Uses only REST (the bot's own messages),
+    so it works before the gateway is ready and long after the interaction token died."""
+    for job in jobs:
+        if job.channel_id is None or not job.message_ids:
+            continue
+        channel = client.get_partial_messageable(job.channel_id)
+        view: Any = None
+        if job.kind == JobKind.IMAGINE:
+            count = int(job.params.get("count", 1))
+            text = (
+                f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(count, 'image')}\n"
+                f"{INTERRUPTED} Press Re-roll to run it again."
+            )
+            view = retry_view(job.id)
+        else:
+            text = f"{INTERRUPTED} Please ask again."
+        for message_id in job.message_ids:
+            try:
+                await channel.get_partial_message(message_id).edit(
+                    content=text, attachments=[], view=view, allowed_mentions=NO_PINGS
+                )
+            except discord.HTTPException as exc:  # deleted meanwhile, or no longer visible to the bot
+                log.info("could not update interrupted job %s's message %s: %s", job.id, message_id, exc)

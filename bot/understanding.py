@@ -78,6 +78,9 @@ class Submitted:
     job_id: str
 
     def follow(self, bot: JanusBot, outlet: Outlet, q: Question) -> None:
+        if q.kind is not None:  # a recorded job: its messages are found again after a restart
+            job_id = self.job_id
+            outlet.on_new_message = lambda message_id: bot.store.add_job_messages(job_id, [message_id])
         bot.spawn(_follow(bot, outlet, self.handle, q, self.conversation, self.job_id))
 
 

@@ -124,6 +124,14 @@ def progress_view(job_id: str) -> ui.View:
     return view
 
 
+def retry_view(job_id: str) -> ui.View:
+    """Shown under a job that a restart interrupted: run it again, as it was or with another prompt."""
+    view = ui.View(timeout=None)
+    view.add_item(RerollButton(job_id))
+    view.add_item(EditPromptButton(job_id))
+    return view
+
+
 def result_view(job_id: str, n_images: int) -> ui.View:
     """Shown under finished images: Re-roll, Edit prompt, Delete, and one Describe per image."""
     view = ui.View(timeout=None)

@@ -135,7 +135,10 @@ class ImagineCog(commands.Cog):
             raise
         interaction.extras["public_defer"] = True
         interaction.extras["answered"] = True  # from here on the follower owns the message
-        bot.spawn(self._follow(InteractionOutlet(interaction), handle, job))
+        outlet = InteractionOutlet(
+            interaction, on_new_message=lambda message_id: bot.store.add_job_messages(job.id, [message_id])
+        )
+        bot.spawn(self._follow(outlet, handle, job))
 
     async def _follow(self, outlet: InteractionOutlet, handle: Any, job: JobRecord) -> None:
         bot = self.bot

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -143,15 +143,25 @@ class JobsMixin(StoreBase):
         async with self._query() as conn:
             return [job_record(row) for row in (await conn.execute(stmt)).all()]
 
-    async def fail_interrupted_jobs(self, reason: str = "The bot restarted before this job finished.") -> int:
-        """At start: jobs still queued or running belong to a previous process; mark them failed."""
+    async def fail_interrupted_jobs(
+        self, reason: str = "The bot restarted before this job finished."
+    ) -> list[JobRecord]:
+        """At start: jobs still queued or running belong to a previous process; mark them failed.
+
+        Returns them as they now are (with the ids of the messages that were showing their progress), so
+        that the bot can tell their users instead of leaving a progress bar that never moves again."""
+        active = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
         async with self._write() as conn:
-            result = await conn.execute(
+            ids = list((await conn.execute(select(Job.id).where(Job.status.in_(active)))).scalars())
+            if not ids:
+                return []
+            await conn.execute(
                 update(Job)
-                .where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+                .where(Job.id.in_(ids))
                 .values(status=JobStatus.FAILED.value, error=reason, finished_at=utcnow())
             )
-        return result.rowcount or 0
+            rows = (await conn.execute(job_select().where(Job.id.in_(ids)).order_by(Job.created_at))).all()
+            return [job_record(row) for row in rows]
 
 
 async def _require_job(conn: AsyncConnection, job_id: str) -> JobRecord:

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import World, eventually, is_result, png_bytes
+from bot_world import World, eventually, is_result, png_bytes
 
 from bot.policy import Requester
 from discord_emulator import Upload

@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from conftest import World, eventually, finished_job, is_result
+from bot_world import World, eventually, finished_job, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -88,9 +88,20 @@ async def test_buttons_work_after_a_full_restart_and_interrupted_jobs_are_closed
 
     job = await world.bot.store.get_job(interrupted)
     assert job.status == "failed" and "restarted" in job.error
-    press = await emu.press_button(user, running.original, f"janus:cancel:{interrupted}")
+    assert running.original.id in job.message_ids  # recorded when the progress message first showed
+    # The stale progress message is told what happened: no frozen bar, no dead Cancel button, and the
+    # buttons to run it again.
+    told = await emu.wait_for(
+        lambda: running.original if "interrupted" in running.original.content else None, timeout=15
+    )
+    assert "%" not in told.content and "an unfinished painting" in told.content
+    assert set(told.custom_ids()) == {f"janus:reroll:{interrupted}", f"janus:edit:{interrupted}"}
+    assert not told.attachments  # the last preview is gone with the bar
+    press = await emu.press_button(user, told, f"janus:reroll:{interrupted}")
     await press.wait_response()
-    assert press.ephemeral and "already ended" in press.original.content
+    again = await world.final(press, is_result, timeout=60)
+    again_job = await world.bot.store.get_job(again.custom_ids()[0].split(":")[2])
+    assert again_job.prompt == "an unfinished painting" and again_job.params["count"] == 4
 
     press = await emu.press_button(user, old, f"janus:reroll:{old_job}")
     await press.wait_response()

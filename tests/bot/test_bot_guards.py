@@ -8,7 +8,7 @@ import os
 import signal
 
 import pytest
-from conftest import World, eventually, finished_jobs, is_result, png_bytes, write_toml
+from bot_world import World, eventually, finished_jobs, is_result, png_bytes, write_toml
 
 from bot.policy import Requester
 from discord_emulator import EmulatorUsageError, Upload

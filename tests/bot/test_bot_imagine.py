@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 import pytest
-from conftest import World, finished_job, is_result
+from bot_world import World, finished_job, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -4,7 +4,7 @@ keeps serving (the engine recycles the stuck worker)."""
 from __future__ import annotations
 
 import pytest
-from conftest import World, eventually, finished_job, is_result
+from bot_world import World, eventually, finished_job, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

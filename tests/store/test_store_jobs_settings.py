@@ -63,7 +63,12 @@ async def test_jobs_left_by_a_previous_process_are_marked_failed(store: Store) -
     await store.mark_job_running(running.id)
     done = await store.create_job(JobKind.IMAGINE, user_id=1, guild_id=1, channel_id=1, prompt="c")
     await store.finish_job(done.id, JobStatus.DONE)
-    assert await store.fail_interrupted_jobs() == 2
+    await store.add_job_messages(running.id, [555])
+    interrupted = await store.fail_interrupted_jobs()
+    assert [j.id for j in interrupted] == [queued.id, running.id]
+    assert all(j.status is JobStatus.FAILED for j in interrupted)
+    assert interrupted[1].message_ids == (555,)  # the bot edits these messages to say what happened
+    assert await store.fail_interrupted_jobs() == []
     assert (await store.get_job(queued.id)).status is JobStatus.FAILED
     assert "restarted" in (await store.get_job(running.id)).error
     assert (await store.get_job(done.id)).status is JobStatus.DONE
