@@ -104,7 +104,13 @@ class UnderstandingSection:
     max_images_per_message: int = 4
     max_upload_bytes: int = 8 * _MIB
     max_image_pixels: int = 4096 * 4096
-    allowed_content_types: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
+    allowed_content_types: tuple[str, ...] = (
+        "image/png",
+        "image/jpeg",
+        "image/webp",
+        "image/gif",
+        "image/bmp",
+    )
     max_message_chars: int = 2000
 
 

@@ -40,6 +40,15 @@ def is_image(att: AttachmentLike) -> bool:
     return content_type_of(att).startswith("image/")
 
 
+_FORMAT_NAMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP", "image/gif": "GIF"}
+
+
+def format_names(content_types: Sequence[str]) -> str:
+    """"image/png", "image/webp", "image/bmp" -> "PNG, WebP or BMP" (what users know the formats as)."""
+    names = [_FORMAT_NAMES.get(t, t.removeprefix("image/").upper()) for t in content_types]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def check_attachments(atts: Sequence[AttachmentLike], limits: UnderstandingSection) -> None:
     """Refuse by metadata alone: count, type and size. Nothing is downloaded here."""
     if len(atts) > limits.max_images_per_message:
@@ -49,8 +58,10 @@ def check_attachments(atts: Sequence[AttachmentLike], limits: UnderstandingSecti
     for att in atts:
         kind = content_type_of(att)
         if kind not in limits.allowed_content_types:
-            allowed = ", ".join(t.removeprefix("image/").upper() for t in limits.allowed_content_types)
-            raise BadUpload(f"`{att.filename}` is not a supported image ({kind}); send {allowed}.")
+            raise BadUpload(
+                f"`{att.filename}` is not a supported image ({kind}); "
+                f"send {format_names(limits.allowed_content_types)}."
+            )
         if att.size > limits.max_upload_bytes:
             raise BadUpload(
                 f"`{att.filename}` is too large ({att.size / 1e6:.1f} MB); "

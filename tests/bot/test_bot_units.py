@@ -158,7 +158,7 @@ def test_upload_metadata_checks_happen_before_any_download() -> None:
     with pytest.raises(BadUpload, match="too large"):
         asyncio.run(read_images([big], limits))
     pdf = FakeAttachment("doc.pdf", 10, None)
-    with pytest.raises(BadUpload, match=r"application/pdf"):
+    with pytest.raises(BadUpload, match=r"application/pdf\); send PNG, JPEG, WebP, GIF or BMP\."):
         check_attachments([pdf], limits)
     assert all(f.reads == 0 for f in [*files, big, pdf])
 
