@@ -482,6 +482,8 @@ class JanusEngine:
             slot.pid = message.pid
             slot.failures_in_a_row = 0
             self._meter.image_steps = self._meter.image_steps or message.num_image_tokens
+            for images, seconds in message.step_seconds:
+                self._meter.record_warmup(images, seconds, message.num_image_tokens)
             if slot.ready is not None and not slot.ready.done():
                 slot.ready.set_result(None)
             log.info("%s ready on %s (%s, pid %s)", slot.name, message.device, message.dtype, message.pid)

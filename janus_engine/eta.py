@@ -1,7 +1,9 @@
 """Measured speed: decoding step times for ETAs, and recent throughput for the admin status.
 
-Estimates only ever come from what this engine measured (no guessed constants): before the first batch
-finishes, ETAs are None ("unknown"). A generation step's time is fitted as a + b * images over the last
+Estimates only ever come from what this engine measured (no guessed constants): each worker times a few
+decoding steps at two batch sizes when it starts (``worker.measure_step_times``), then every finished
+batch adds its figure; with nothing measured, ETAs are None ("unknown").
+A generation step's time is fitted as a + b * images over the last
 batches (on a GPU b is near zero, on a CPU it dominates), so a queued job's ETA follows the batch sizes
 it will actually run in.
 """
@@ -45,6 +47,12 @@ class SpeedMeter:
             self.image_steps = steps
         elif kind == "understand":
             self._und_batches.append(seconds)
+
+    def record_warmup(self, images: int, seconds_per_step: float, image_steps: int) -> None:
+        """A worker's warm-up measurement: feeds ETAs like a finished batch, but not the throughput."""
+        if images > 0 and seconds_per_step > 0:
+            self._gen_steps.append((images, seconds_per_step))
+            self.image_steps = self.image_steps or image_steps
 
     # ---- estimates -------------------------------------------------------------------------------------
 

@@ -52,6 +52,9 @@ class Ready:
     device: str
     dtype: str
     num_image_tokens: int
+    # Seconds per generation step measured by the worker's warm-up, as (images in the batch, seconds):
+    # the first job already gets an ETA, and the GPU's kernels and allocator are primed before it.
+    step_seconds: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

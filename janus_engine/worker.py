@@ -130,7 +130,7 @@ def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = _Channel(conn, options.step_delay_s)
     try:
-        runtime = _load(channel, spec)
+        runtime = _load(channel, spec, options.step_delay_s)
         if runtime is None:
             return
         _serve(channel, runtime)
@@ -144,7 +144,37 @@ def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> No
     os._exit(0)
 
 
-def _load(channel: _Channel, spec: ModelSpec) -> Any:
+WARMUP_BATCHES = (1, 4)  # images per warm-up batch: two sizes give the a + b * images fit its slope
+WARMUP_STEPS = 6  # decoding steps per warm-up batch; the first (prefill) is not timed
+
+
+def measure_step_times(runtime: Any, step_delay_s: float = 0.0) -> tuple[tuple[int, float], ...]:
+    """Run a few decoding steps at two batch sizes and return (images, seconds per step) for each.
+
+    This primes what a first request would otherwise pay for (CUDA context and kernels, the caching
+    allocator, lazy initialisations) and gives the engine measured step times, so the first job in a
+    fresh engine gets an ETA instead of "unknown". ``step_delay_s`` (the test aid) is part of a step."""
+    from janus_engine.protocol import GenerateRequest
+
+    measured: list[tuple[int, float]] = []
+    for images in WARMUP_BATCHES:
+        marks: list[float] = []
+
+        def on_progress(job_id: str, step: int, total: int, marks: list[float] = marks) -> None:
+            marks.append(time.perf_counter())
+
+        def stop_after_warmup(job_id: str, marks: list[float] = marks) -> bool:
+            return len(marks) >= WARMUP_STEPS
+
+        request = GenerateRequest(request_id="warmup", prompt="a warm-up", n_images=images, seed=0)
+        runtime.generate_tokens([request], on_progress=on_progress, should_cancel=stop_after_warmup)
+        if len(marks) >= 3:
+            per_step = (marks[-1] - marks[0]) / (len(marks) - 1)
+            measured.append((images, per_step + step_delay_s))
+    return tuple(measured)
+
+
+def _load(channel: _Channel, spec: ModelSpec, step_delay_s: float = 0.0) -> Any:
     try:
         from transformers.utils import logging as hf_logging
 
@@ -155,6 +185,7 @@ def _load(channel: _Channel, spec: ModelSpec) -> Any:
 
         spec = dataclasses.replace(spec, device=_resolve_device(spec.device))
         runtime = JanusRuntime.load(spec)
+        step_seconds = _warm_up(runtime, step_delay_s)
     except JanusError as exc:
         channel.send(LoadFailed(type(exc).__name__, exc.user_message))
         return None
@@ -168,9 +199,19 @@ def _load(channel: _Channel, spec: ModelSpec) -> Any:
             device=str(runtime.device),
             dtype=str(runtime.dtype_name),
             num_image_tokens=int(runtime.num_image_tokens),
+            step_seconds=step_seconds,
         )
     )
     return runtime
+
+
+def _warm_up(runtime: Any, step_delay_s: float) -> tuple[tuple[int, float], ...]:
+    """A failed warm-up costs only the early ETA: the model loaded, so the worker still serves."""
+    try:
+        return measure_step_times(runtime, step_delay_s)
+    except Exception:
+        log.exception("warm-up failed; ETAs stay unknown until the first batch finishes")
+        return ()
 
 
 def _serve(channel: _Channel, runtime: Any) -> None:

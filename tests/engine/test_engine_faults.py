@@ -15,7 +15,7 @@ from engine_helpers import chat_request, collect, gen_request, tiny_engine_confi
 
 from janus_engine.engine import JanusEngine
 from janus_engine.errors import JobFailed
-from janus_engine.protocol import Cancelled, Failed, Progress, Started, UnderstandResult
+from janus_engine.protocol import Cancelled, Failed, Progress, Queued, Started, UnderstandResult
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -38,6 +38,17 @@ async def _next_job_succeeds(engine: JanusEngine, job_id: str) -> None:
     handle = engine.submit(chat_request(job_id, max_new_tokens=2), user_id="u2")
     result = await asyncio.wait_for(handle.result(), 120)
     assert isinstance(result, UnderstandResult) and result.request_id == job_id
+
+
+async def test_the_first_job_of_a_fresh_engine_already_has_an_eta(engine):
+    # No batch has finished yet: the ETA comes from the worker's warm-up measurement. A tiny-model image
+    # is 16 steps of at least the 0.15 s step delay, so a true estimate is at least 2.4 s.
+    handle = engine.submit(gen_request("first"), user_id="u0")
+    first = await anext(aiter(handle))
+    assert isinstance(first, Queued) and first.eta_s is not None
+    assert 16 * 0.15 <= first.eta_s < 60
+    assert await engine.cancel("first")
+    assert isinstance((await collect(handle))[-1], Cancelled)
 
 
 async def test_worker_killed_mid_job_fails_that_job_and_a_restarted_worker_serves_the_next(engine):

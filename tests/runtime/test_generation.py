@@ -222,3 +222,15 @@ def test_eager_attention_gives_the_same_batch_invariance(tiny_model_dir) -> None
     rt = JanusRuntime.load(ModelSpec(model=str(tiny_model_dir), attn_implementation="eager"))
     alone = tokens_of(rt, [greedy("fox")])["fox"]
     assert torch.equal(tokens_of(rt, [greedy("astro"), greedy("fox")])["fox"], alone)
+
+
+def test_worker_warm_up_measures_step_times_and_changes_no_result(runtime) -> None:
+    from janus_engine.worker import WARMUP_BATCHES, measure_step_times
+
+    request = GenerateRequest(request_id="after", prompt="a quiet harbour", seed=11)
+    before = tokens_of(runtime, [request])["after"]
+    measured = measure_step_times(runtime, step_delay_s=0.25)
+    assert [images for images, _ in measured] == list(WARMUP_BATCHES)
+    # Each figure is a measured decode step plus the configured test delay, never a guessed constant.
+    assert all(0.25 < seconds < 0.25 + 5.0 for _, seconds in measured)
+    assert torch.equal(tokens_of(runtime, [request])["after"], before)
