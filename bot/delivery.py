@@ -13,18 +13,20 @@ only the requester), so an echoed prompt can never ping @everyone or a role.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import discord
 
 from bot.formatting import plural, quote_prompt, split_message
-from bot.store.records import JobKind, JobRecord
+from bot.store.records import JobKind, JobRecord, JobStatus
 from bot.views import retry_view
 
 log = logging.getLogger(__name__)
@@ -88,18 +90,79 @@ def is_dead_token(exc: discord.HTTPException) -> bool:
     return exc.status == 401 or getattr(exc, "code", 0) in _DEAD_TOKEN_CODES
 
 
-class Throttle:
-    """At most one update per ``interval`` seconds (Discord's rate limits; a progress bar needs no more)."""
+@dataclass
+class _Update:
+    content: str
+    file: NamedFile | None
+    view: Any
 
-    def __init__(self, interval: float) -> None:
+
+class LatestProgress:
+    """A progress message shown at most once per ``interval`` that never stays stale.
+
+    An update that arrives too soon is not dropped: it waits until the interval ends and is then shown,
+    unless a newer one replaced it first (a preview image rides along until some update shows it). So a
+    queue position that changes twice in a second ends up right, and Discord sees at most one edit per
+    interval. :meth:`close` must run before the final answer, so that no late progress edit lands on it."""
+
+    def __init__(self, outlet: Any, interval: float) -> None:
+        self.outlet = outlet
         self.interval = interval
         self._last = float("-inf")
+        self._pending: _Update | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
-    def ready(self) -> bool:
-        return time.monotonic() - self._last >= self.interval
+    async def update(
+        self, content: str, *, file: NamedFile | None = None, view: Any = discord.utils.MISSING
+    ) -> None:
+        if file is None and self._pending is not None:
+            file = self._pending.file
+        self._pending = _Update(content, file, view)
+        wait = self._last + self.interval - time.monotonic()
+        if wait <= 0 and self._timer is None:
+            await self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later(max(wait, 0.0)))
 
-    def mark(self) -> None:
-        self._last = time.monotonic()
+    async def _flush_later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._timer = None
+        await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            update, self._pending = self._pending, None
+            if update is None:
+                return
+            self._last = time.monotonic()
+            await self.outlet.show(update.content, file=update.file, view=update.view)
+
+    async def close(self) -> None:
+        """Drop what is pending and wait for an edit in flight: the caller's next message is the last."""
+        self._pending = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+        async with self._lock:
+            pass
+
+
+async def quietly(work: Awaitable[Any], what: str) -> None:
+    """Await bookkeeping whose failure must not end the job it describes: log it instead."""
+    try:
+        await work
+    except Exception:
+        log.exception("could not %s", what)
+
+
+async def finish_if_open(bot: Any, job_id: str, reason: str) -> None:
+    """Mark a job failed unless it already ended (or was forgotten meanwhile)."""
+    job = await bot.store.get_job(job_id)
+    if job is not None and not job.status.is_terminal:
+        await bot.store.finish_job(job_id, JobStatus.FAILED, error=reason)
 
 
 class InteractionOutlet(_Announcer):

@@ -1,9 +1,10 @@
 """Per-user cooldowns and daily caps.
 
-Two steps on purpose: :meth:`UsageLimiter.check` refuses before any work, :meth:`UsageLimiter.commit`
-counts the use only once the job was accepted by the engine, so a user whose request failed validation
-or hit a full queue is not also put on cooldown. State is in memory (it resets with the process); the
-durable record of what a user ran is the jobs table.
+:meth:`UsageLimiter.reserve` checks and counts a use in one synchronous step, before the first ``await``
+of a request: two requests fired at once (a double-clicked Re-roll, quick @mentions) cannot both pass a
+cooldown or overshoot the daily cap. A request refused or failed before the engine accepted it gives its
+use back with :meth:`UsageLimiter.release`, so a bad upload or a full queue does not also cost a cooldown.
+State is in memory (it resets with the process); the durable record of what a user ran is the jobs table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,18 @@ from bot.errors import CooldownActive, DailyCapReached
 
 IMAGINE = "imagine"
 CHAT = "chat"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One counted use, with what is needed to give it back."""
+
+    user_id: int
+    action: str
+    amount: int
+    day: str
+    at: float
+    previous: float | None  # the use before this one, restored on release
 
 
 @dataclass
@@ -72,10 +85,27 @@ class UsageLimiter:
                     f"You have reached today's limit of {cap} {unit} ({left} left); it resets at 00:00 UTC."
                 )
 
-    def commit(self, user_id: int, action: str, amount: int = 1) -> None:
-        self._last[(user_id, action)] = self._clock()
+    def reserve(self, user_id: int, action: str, amount: int = 1) -> Reservation:
+        """Check, then count the use at once (no await in between). Give it back with :meth:`release`."""
+        self.check(user_id, action, amount)
+        key = (user_id, action)
+        previous, now = self._last.get(key), self._clock()
+        self._last[key] = now
         entry = self._entry(user_id, action)
         entry.used += amount
+        return Reservation(user_id, action, amount, entry.day, now, previous)
+
+    def release(self, reservation: Reservation) -> None:
+        """Undo a reservation whose request never reached the engine."""
+        key = (reservation.user_id, reservation.action)
+        entry = self._daily.get(key)
+        if entry is not None and entry.day == reservation.day:
+            entry.used = max(0, entry.used - reservation.amount)
+        if self._last.get(key) == reservation.at:  # no later use happened meanwhile
+            if reservation.previous is None:
+                self._last.pop(key, None)
+            else:
+                self._last[key] = reservation.previous
 
     def reset_cooldown(self, user_id: int, action: str) -> None:
         self._last.pop((user_id, action), None)

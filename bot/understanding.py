@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.delivery import InteractionOutlet, MessageOutlet, Throttle
+from bot.delivery import InteractionOutlet, LatestProgress, MessageOutlet, quietly
 from bot.errors import Refusal
 from bot.formatting import clip, queue_line
 from bot.limits import CHAT
@@ -59,13 +59,12 @@ class Question:
 
 
 def check_question(bot: JanusBot, who: Requester, settings: dict[str, Any], text: str) -> str:
-    """Cheap checks before deferring: length, blocked patterns, the user's cooldown and daily cap."""
+    """Cheap checks before deferring: length and blocked patterns (the caller then reserves a use)."""
     text = text.strip()
     limit = bot.config.understanding.max_message_chars
     if len(text) > limit:
         raise Refusal(f"Your message is {len(text)} characters long; the limit is {limit}.")
     check_prompt(bot.config.access, who, settings, text)
-    bot.limiter.check(who.user_id, CHAT)
     return text
 
 
@@ -112,7 +111,6 @@ async def submit(bot: JanusBot, q: Question) -> Submitted:
         if q.kind is not None:
             await bot.store.finish_job(job_id, JobStatus.FAILED, error=exc.user_message)
         raise
-    bot.limiter.commit(q.who.user_id, CHAT)
     return Submitted(handle, conv, job_id)
 
 
@@ -145,42 +143,33 @@ async def _model_turns(
 async def _follow(
     bot: JanusBot, outlet: Outlet, handle: Any, q: Question, conv: ConversationRef, job_id: str
 ) -> None:
-    throttle = Throttle(bot.config.ui.progress_interval_s)
+    """Stream the answer into the outlet, store the exchange, then post the answer.
+
+    Once the answer is posted it stays: a later bookkeeping error is logged, never shown in its place."""
+    progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
     cancel_view = progress_view(job_id) if q.kind is not None else None
     view_kw: dict[str, Any] = {"view": cancel_view} if cancel_view is not None else {}
     answer = ""
     started = time.monotonic()
+    delivered = False
     try:
         async for event in handle:
             if isinstance(event, Queued):
-                if throttle.ready():
-                    throttle.mark()
-                    await outlet.show(queue_line(event.position, event.eta_s), **view_kw)
+                await progress.update(queue_line(event.position, event.eta_s), **view_kw)
             elif isinstance(event, Started):
                 if q.kind is not None:
-                    await bot.store.mark_job_running(job_id)
+                    await quietly(bot.store.mark_job_running(job_id), f"mark job {job_id} running")
             elif isinstance(event, TextDelta):
                 answer += event.text
-                if throttle.ready():
-                    throttle.mark()
-                    await outlet.show(clip(answer + " ▌"), **view_kw)
+                await progress.update(clip(answer + " ▌"), **view_kw)
             elif isinstance(event, Done):
+                await progress.close()
                 answer = event.result.text.strip() or "(the model gave an empty answer)"
-                # Memory first, then the message: a follow-up sent the instant the answer appears must
-                # already find this exchange. The reply's message ids are attached once it is posted.
-                user_turn = await bot.store.append_turn(
-                    conv.id,
-                    "user",
-                    q.text,
-                    author_id=q.who.user_id,
-                    images=q.images,
-                    message_ids=q.user_message_ids,
-                )
-                bot_turn = await bot.store.append_turn(
-                    conv.id, "assistant", answer, reply_to_turn_id=user_turn.id
-                )
+                bot_turn_id = await _remember(bot, q, conv, answer)
                 ids = await outlet.final(answer, view=None)
-                await bot.store.add_turn_messages(bot_turn.id, ids)
+                delivered = True
+                if bot_turn_id is not None:
+                    await bot.store.add_turn_messages(bot_turn_id, ids)
                 if q.kind is not None:
                     await bot.store.finish_job(
                         job_id,
@@ -189,18 +178,42 @@ async def _follow(
                         message_ids=ids,
                     )
             elif isinstance(event, Failed):
+                await progress.close()
                 if q.kind is not None:
-                    await bot.store.finish_job(job_id, JobStatus.FAILED, error=event.reason)
+                    await _finish_quietly(bot, job_id, event.reason)
                 await outlet.fail(f"Sorry, that failed: {event.reason}")
             elif isinstance(event, Cancelled):
+                await progress.close()
                 if q.kind is not None:
-                    await bot.store.finish_job(job_id, JobStatus.CANCELLED)
+                    await quietly(bot.store.finish_job(job_id, JobStatus.CANCELLED), "record a cancel")
                 await outlet.fail("Cancelled.")
     except Exception:
         log.exception("answering job %s failed", job_id)
+        await progress.close()
         if q.kind is not None:
             await _finish_quietly(bot, job_id, "The bot hit an internal error while answering.")
-        await outlet.fail("Sorry, something went wrong on our side while answering; it was logged.")
+        if not delivered:
+            await outlet.fail("Sorry, something went wrong on our side while answering; it was logged.")
+
+
+async def _remember(bot: JanusBot, q: Question, conv: ConversationRef, answer: str) -> int | None:
+    """Store the exchange before the answer is shown (a follow-up sent the instant it appears must
+    already find it); returns the assistant turn's id. If the store fails (the conversation was forgotten
+    meanwhile, a broken database), the user still gets the answer, only without memory of it."""
+    try:
+        user_turn = await bot.store.append_turn(
+            conv.id,
+            "user",
+            q.text,
+            author_id=q.who.user_id,
+            images=q.images,
+            message_ids=q.user_message_ids,
+        )
+        bot_turn = await bot.store.append_turn(conv.id, "assistant", answer, reply_to_turn_id=user_turn.id)
+    except Exception:
+        log.exception("could not store an exchange in conversation %s", conv.id)
+        return None
+    return bot_turn.id
 
 
 async def _finish_quietly(bot: JanusBot, job_id: str, reason: str) -> None:
@@ -228,7 +241,7 @@ async def answer_interaction(
     Only a download slower than the window is finished after deferring; its errors then replace the
     "thinking" message in public, still saying why.
     """
-    from bot.uploads import check_attachments, read_images
+    from bot.uploads import check_attachments
 
     who = bot.requester(interaction)
     settings = await bot.gate(who)
@@ -236,6 +249,27 @@ async def answer_interaction(
     if not text and not attachments:
         raise Refusal("Ask me something (or attach an image).")
     check_attachments(attachments, bot.config.understanding)
+    reservation = bot.limiter.reserve(who.user_id, CHAT)  # before the first await: no double use
+    try:
+        submitted, q = await _download_and_submit(bot, interaction, who, settings, text, attachments, kind)
+    except BaseException:
+        bot.limiter.release(reservation)  # refused or failed before the engine took it
+        raise
+    interaction.extras["answered"] = True  # from here on the follower owns the message
+    submitted.follow(bot, InteractionOutlet(interaction), q)
+
+
+async def _download_and_submit(
+    bot: JanusBot,
+    interaction: Any,
+    who: Requester,
+    settings: dict[str, Any],
+    text: str,
+    attachments: list[Any],
+    kind: JobKind | None,
+) -> tuple[Submitted, Question]:
+    from bot.uploads import read_images
+
     download = asyncio.ensure_future(read_images(attachments, bot.config.understanding))
     try:
         images = await asyncio.wait_for(asyncio.shield(download), DOWNLOAD_WINDOW_S)
@@ -250,12 +284,9 @@ async def answer_interaction(
         except Exception:  # Discord gave up on this interaction: nobody would see the answer
             await bot.engine.cancel(submitted.job_id)
             if kind is not None:
-                await bot.store.finish_job(
-                    submitted.job_id, JobStatus.FAILED, error="Discord did not accept the answer in time"
-                )
+                await _finish_quietly(bot, submitted.job_id, "Discord did not accept the answer in time")
             raise
-    interaction.extras["answered"] = True  # from here on the follower owns the message
-    submitted.follow(bot, InteractionOutlet(interaction), q)
+    return submitted, q
 
 
 async def _defer(interaction: Any) -> None:

@@ -8,6 +8,7 @@ one: then the replier's own conversation is used, so memory never leaks between 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from discord.ext import commands
 
 from bot.delivery import NO_PINGS, MessageOutlet
 from bot.formatting import clip, plural
+from bot.limits import CHAT
 from bot.store import ConversationRef
 from bot.understanding import Question, answer_interaction, check_question, submit
 from bot.uploads import check_attachments, read_images
@@ -65,10 +67,12 @@ class ChatCog(commands.Cog):
                 await message.reply("Ask me something (or attach an image).", mention_author=False)
             return
         who = bot.requester_of(message.author, message.channel, message.guild)
+        reservation = None
         try:
             settings = await bot.gate(who)
             text = check_question(bot, who, settings, text)
             check_attachments(message.attachments, bot.config.understanding)
+            reservation = bot.limiter.reserve(who.user_id, CHAT)  # before the next await: no double use
             async with message.channel.typing():
                 images = await read_images(message.attachments, bot.config.understanding)
             conversation = replied if replied is not None and replied is not _NOT_OURS else None
@@ -83,9 +87,18 @@ class ChatCog(commands.Cog):
                 conversation=conversation,
             )
             submitted = await submit(bot, q)
-            submitted.follow(bot, MessageOutlet(message), q)
-        except JanusError as exc:
-            await message.reply(exc.user_message, mention_author=False, allowed_mentions=NO_PINGS)
+        except Exception as exc:
+            if reservation is not None:
+                bot.limiter.release(reservation)  # refused or failed before the engine took it
+            if isinstance(exc, JanusError):
+                reply = exc.user_message
+            else:
+                log.exception("could not answer message %s", message.id)
+                reply = "Sorry, something went wrong on our side; it was logged."
+            with contextlib.suppress(discord.HTTPException):
+                await message.reply(reply, mention_author=False, allowed_mentions=NO_PINGS)
+            return
+        submitted.follow(bot, MessageOutlet(message), q)
 
     async def _replied_conversation(self, message: discord.Message) -> ConversationRef | object | None:
         """For a reply to one of the bot's messages: its conversation (or _NOT_OURS when the store has

@@ -18,11 +18,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import InteractionOutlet, Throttle
+from bot.delivery import InteractionOutlet, LatestProgress, finish_if_open, quietly
 from bot.errors import NotAllowed, Refusal
 from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_prompt
 from bot.limits import IMAGINE
-from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, check_prompt
+from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, Requester, check_prompt
 from bot.store import JobKind, JobRecord, JobStatus
 from bot.views import EditPromptModal, progress_view, result_view
 from janus_engine.errors import JanusError
@@ -96,9 +96,27 @@ class ImagineCog(commands.Cog):
         if temperature > g.max_temperature:
             raise Refusal(f"Temperature must be at most {g.max_temperature}.")
         seed = seed if seed is not None else random.randint(0, MAX_SEED)
-        bot.limiter.check(who.user_id, IMAGINE, count)
+        reservation = bot.limiter.reserve(who.user_id, IMAGINE, count)  # before any await: no double use
+        try:
+            await self._submit(interaction, who, prompt, count, guidance, temperature, seed, parent_job)
+        except BaseException:
+            bot.limiter.release(reservation)  # refused or failed before the engine took it
+            raise
 
-        params = {"count": count, "guidance": guidance, "temperature": temperature}
+    async def _submit(
+        self,
+        interaction: discord.Interaction,
+        who: Requester,
+        prompt: str,
+        count: int,
+        guidance: float,
+        temperature: float,
+        seed: int,
+        parent_job: str | None,
+    ) -> None:
+        """Record the job, hand it to the engine, defer, and follow it in the background."""
+        bot = self.bot
+        params: dict[str, Any] = {"count": count, "guidance": guidance, "temperature": temperature}
         if parent_job:
             params["parent_job"] = parent_job
         job = await bot.store.create_job(
@@ -124,10 +142,9 @@ class ImagineCog(commands.Cog):
         except JanusError as exc:  # queue full, user limit, invalid: the record says why, nothing dangles
             await bot.store.finish_job(job.id, JobStatus.FAILED, error=exc.user_message)
             raise
-        bot.limiter.commit(who.user_id, IMAGINE, count)
         try:
             await interaction.response.defer(thinking=True)
-        except discord.HTTPException:  # Discord gave up on this interaction: nobody would see the result
+        except Exception:  # Discord gave up on this interaction (or the network did): nobody would see it
             await bot.engine.cancel(job.id)
             await bot.store.finish_job(
                 job.id, JobStatus.FAILED, error="Discord did not accept the answer in time"
@@ -141,35 +158,33 @@ class ImagineCog(commands.Cog):
         bot.spawn(self._follow(outlet, handle, job))
 
     async def _follow(self, outlet: InteractionOutlet, handle: Any, job: JobRecord) -> None:
+        """Turn the engine's events into one message: queue line, progress bar, then the images.
+
+        Once the images are posted they stay: a bookkeeping error after that (the job forgotten with
+        /forget meanwhile, a busy database) is logged, never shown in place of the result."""
         bot = self.bot
         count = int(job.params["count"])
         header = f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(count, 'image')}"
         view = progress_view(job.id)
-        throttle = Throttle(bot.config.ui.progress_interval_s)
-        preview: bytes | None = None
+        progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
+        width = bot.config.ui.progress_bar_width
         started = time.monotonic()
+        delivered = False
         try:
             async for event in handle:
                 if isinstance(event, Queued):
-                    if throttle.ready():
-                        throttle.mark()
-                        await outlet.show(f"{header}\n{queue_line(event.position, event.eta_s)}", view=view)
+                    await progress.update(f"{header}\n{queue_line(event.position, event.eta_s)}", view=view)
                 elif isinstance(event, Started):
-                    await bot.store.mark_job_running(job.id)
-                    if throttle.ready():
-                        throttle.mark()
-                        eta = f", ETA {format_eta(event.eta_s)}" if event.eta_s is not None else ""
-                        await outlet.show(f"{header}\nStarting{eta}…", view=view)
+                    await quietly(bot.store.mark_job_running(job.id), f"mark job {job.id} running")
+                    eta = f", ETA {format_eta(event.eta_s)}" if event.eta_s is not None else ""
+                    await progress.update(f"{header}\nStarting{eta}…", view=view)
                 elif isinstance(event, Progress):
-                    preview = event.preview or preview
-                    if throttle.ready() and event.step < event.total:
-                        throttle.mark()
-                        file = ("preview.png", preview) if preview else None
-                        await outlet.show(
-                            f"{header}\n{progress_bar(event.step, event.total)}", file=file, view=view
-                        )
-                        preview = None
+                    if event.step < event.total:
+                        file = ("preview.png", event.preview) if event.preview else None
+                        bar = progress_bar(event.step, event.total, width)
+                        await progress.update(f"{header}\n{bar}", file=file, view=view)
                 elif isinstance(event, Done):
+                    await progress.close()
                     result = event.result
                     files = [(f"janus-{job.id[:8]}-{i + 1}.png", png) for i, png in enumerate(result.images)]
                     p = job.params
@@ -180,6 +195,7 @@ class ImagineCog(commands.Cog):
                     ids = await outlet.final(
                         text, files=files, view=result_view(job.id, len(files)), ping=True
                     )
+                    delivered = True
                     await bot.store.finish_job(
                         job.id,
                         JobStatus.DONE,
@@ -188,17 +204,21 @@ class ImagineCog(commands.Cog):
                         message_ids=ids,
                     )
                 elif isinstance(event, Failed):
-                    await bot.store.finish_job(job.id, JobStatus.FAILED, error=event.reason)
+                    await progress.close()
+                    await quietly(
+                        bot.store.finish_job(job.id, JobStatus.FAILED, error=event.reason), "record a failure"
+                    )
                     await outlet.fail(f"{header}\nSorry, this failed: {event.reason}")
                 elif isinstance(event, Cancelled):
-                    await bot.store.finish_job(job.id, JobStatus.CANCELLED)
+                    await progress.close()
+                    await quietly(bot.store.finish_job(job.id, JobStatus.CANCELLED), "record a cancel")
                     await outlet.fail(f"{header}\nCancelled.")
         except Exception:
             log.exception("following imagine job %s failed", job.id)
-            current = await bot.store.get_job(job.id)
-            if current is not None and not current.status.is_terminal:
-                await bot.store.finish_job(job.id, JobStatus.FAILED, error="internal error while delivering")
-            await outlet.fail(f"{header}\nSorry, something went wrong on our side; it was logged.")
+            await progress.close()
+            await quietly(finish_if_open(bot, job.id, "internal error while delivering"), "close the job")
+            if not delivered:
+                await outlet.fail(f"{header}\nSorry, something went wrong on our side; it was logged.")
 
     # ---- buttons -------------------------------------------------------------------------------------
 

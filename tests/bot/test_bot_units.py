@@ -57,7 +57,7 @@ def test_split_message_keeps_every_character_within_the_limit() -> None:
 # ---- limits -------------------------------------------------------------------------------------------
 
 
-def test_cooldown_counts_only_committed_uses_and_caps_reset_daily() -> None:
+def test_a_reservation_counts_at_once_and_a_release_gives_it_back() -> None:
     now = [100.0]
     day = ["2026-01-01"]
     limiter = UsageLimiter(
@@ -66,18 +66,28 @@ def test_cooldown_counts_only_committed_uses_and_caps_reset_daily() -> None:
         today=lambda: day[0],
     )
     limiter.check(1, IMAGINE, 4)  # a check alone does not start a cooldown
-    limiter.check(1, IMAGINE, 4)
-    limiter.commit(1, IMAGINE, 4)
+    first = limiter.reserve(1, IMAGINE, 4)
+    # A second request fired before the first one got anywhere is already held back (no await between
+    # the check and the count, so a double click cannot pass twice).
     with pytest.raises(CooldownActive, match="10s"):
-        limiter.check(1, IMAGINE)
+        limiter.reserve(1, IMAGINE)
     limiter.check(2, IMAGINE)  # other users are unaffected
     limiter.check(1, CHAT)  # and other actions
+    # The request failed before the engine took it (bad upload, full queue): nothing is charged.
+    limiter.release(first)
+    assert limiter.reserve(1, IMAGINE, 5).amount == 5
     now[0] += 10.5
-    with pytest.raises(DailyCapReached, match="1 left"):
-        limiter.check(1, IMAGINE, 2)
-    limiter.check(1, IMAGINE, 1)
+    with pytest.raises(DailyCapReached, match="0 left"):
+        limiter.reserve(1, IMAGINE, 1)
     day[0] = "2026-01-02"
-    limiter.check(1, IMAGINE, 5)
+    stale = limiter.reserve(1, IMAGINE, 5)
+    now[0] += 10.5
+    day[0] = "2026-01-03"
+    limiter.reserve(1, IMAGINE, 5)
+    limiter.release(stale)  # yesterday's use is not taken off today's count
+    now[0] += 10.5
+    with pytest.raises(DailyCapReached):
+        limiter.check(1, IMAGINE, 1)
 
 
 # ---- policy -------------------------------------------------------------------------------------------
