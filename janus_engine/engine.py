@@ -524,7 +524,14 @@ class JanusEngine:
         if batch.timer is not None:
             batch.timer.cancel()
         slot.batch = None
-        slot.state = "idle" if not self._closing else slot.state
+        if message.worker_exiting is not None:
+            # The worker exits after this message (its device is broken): no new batch for it; its exit
+            # notice restarts it at once, and status shows why.
+            slot.state = "restarting"
+            slot.last_error = message.worker_exiting
+            log.error("%s: %s; it exits and is restarted", slot.name, message.worker_exiting)
+        elif not self._closing:
+            slot.state = "idle"
         tokens = 0
         for outcome in message.outcomes:
             record = self._jobs.get(outcome.job_id)

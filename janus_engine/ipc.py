@@ -101,3 +101,6 @@ class BatchFinished:
     outcomes: tuple[JobOutcome, ...]
     seconds: float  # wall time of the runtime call(s), for throughput and ETA
     steps: int  # decoding steps run (image tokens or the longest answer's tokens)
+    # Set when the device is broken (an unrecoverable CUDA error): the worker exits right after this
+    # message, so the front must not hand it another batch; the text says why, for status.
+    worker_exiting: str | None = None

@@ -13,6 +13,7 @@ exits instead of lingering as an orphan.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -214,6 +215,10 @@ def _warm_up(runtime: Any, step_delay_s: float) -> tuple[tuple[int, float], ...]
         return ()
 
 
+# Exit status of a worker that stops because its device is broken; the front restarts it.
+DEVICE_ERROR_EXIT = 3
+
+
 def _serve(channel: _Channel, runtime: Any) -> None:
     while True:
         try:
@@ -228,40 +233,103 @@ def _serve(channel: _Channel, runtime: Any) -> None:
             channel.new_batch()
             finished = run_batch(channel, runtime, message)
             channel.send(finished)
+            if finished.worker_exiting is not None:
+                # A CUDA context that saw an illegal access or a device-side assert stays broken for the
+                # life of the process: only a fresh process (which the front starts) can serve again.
+                log.error("worker exits: %s", finished.worker_exiting)
+                channel.conn.close()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(DEVICE_ERROR_EXIT)
             if channel.shutting_down:
                 return
 
 
+_CUDA_ERROR_MARKERS = (
+    "cuda error",
+    "device-side assert",
+    "illegal memory access",
+    "cublas_status",
+    "cudnn_status",
+)
+
+
+def is_unrecoverable_device_error(exc: BaseException) -> bool:
+    """True for a CUDA error that poisons the process (not out-of-memory, which a smaller batch or a
+    freed cache can cure): torch.AcceleratorError, or a RuntimeError whose message names a CUDA fault."""
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return False
+    if name == "AcceleratorError":
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(marker in text for marker in _CUDA_ERROR_MARKERS)
+    return False
+
+
+def _free_device_memory() -> None:
+    """Release what a failed call left behind, so a retry has the memory the failure was short of."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def run_batch(channel: _Channel, runtime: Any, batch: RunBatch) -> BatchFinished:
     """Run one batch; if the batched call fails, retry each job alone so one bad request (or a batch too
-    big for memory) fails only itself."""
+    big for memory) fails only itself. An unrecoverable device error is not retried: the batch's jobs
+    fail and the result asks the worker to exit (see :func:`is_unrecoverable_device_error`)."""
     started = time.perf_counter()
     requests = list(batch.requests)
+    failure: tuple[str, str] | None = None  # (type name, message) of the batched call's error
+    device_error: str | None = None
     try:
         outcomes, steps = _call_runtime(channel, runtime, batch.kind, requests)
     except FrontGone:
         raise
     except Exception as exc:  # reported per job: a bad request never kills the worker
-        if len(requests) == 1:
-            outcomes, steps = [_error_outcome(requests[0].request_id, exc)], 0
-        else:
-            log.warning("batch of %d failed (%s); retrying its jobs one by one", len(requests), exc)
-            outcomes, steps = [], 0
-            for request in requests:
-                try:
-                    single, single_steps = _call_runtime(channel, runtime, batch.kind, [request])
-                except FrontGone:
-                    raise
-                except Exception as single_exc:
-                    single, single_steps = [_error_outcome(request.request_id, single_exc)], 0
-                outcomes.extend(single)
-                steps = max(steps, single_steps)
+        outcomes, steps = [_error_outcome(r.request_id, exc) for r in requests], 0
+        failure = (type(exc).__name__, str(exc))
+        if is_unrecoverable_device_error(exc):
+            device_error = f"unrecoverable device error: {type(exc).__name__}: {str(exc)[:200]}"
+            outcomes = [_device_lost_outcome(r.request_id) for r in requests]
+        # The retry runs outside this block: exc's traceback holds the failed call's frames and with them
+        # its tensors (KV cache, logits), which a retry meant for "too big for memory" needs freed.
+        del exc
+    if failure is not None and device_error is None and len(requests) > 1:
+        log.warning("batch of %d failed (%s: %s); retrying its jobs one by one", len(requests), *failure)
+        _free_device_memory()
+        outcomes, steps = [], 0
+        for request in requests:
+            if device_error is not None:  # the device is gone: the rest cannot run on it either
+                outcomes.append(_device_lost_outcome(request.request_id))
+                continue
+            single, single_steps, device_error = _run_single(channel, runtime, batch.kind, request)
+            outcomes.extend(single)
+            steps = max(steps, single_steps)
     return BatchFinished(
         batch_id=batch.batch_id,
         outcomes=tuple(outcomes),
         seconds=time.perf_counter() - started,
         steps=steps,
+        worker_exiting=device_error,
     )
+
+
+def _run_single(
+    channel: _Channel, runtime: Any, kind: str, request: Any
+) -> tuple[list[JobOutcome], int, str | None]:
+    try:
+        single, steps = _call_runtime(channel, runtime, kind, [request])
+        return single, steps, None
+    except FrontGone:
+        raise
+    except Exception as exc:
+        if is_unrecoverable_device_error(exc):
+            device_error = f"unrecoverable device error: {type(exc).__name__}: {str(exc)[:200]}"
+            return [_device_lost_outcome(request.request_id)], 0, device_error
+        return [_error_outcome(request.request_id, exc)], 0, None
 
 
 def _call_runtime(
@@ -293,6 +361,11 @@ def _call_runtime(
         JobOutcome(request.request_id, result) for request, result in zip(requests, results, strict=True)
     ]
     return outcomes, max_step
+
+
+def _device_lost_outcome(job_id: str) -> JobOutcome:
+    message = "The model's device failed while running this job; the worker is restarting. Please try again."
+    return JobOutcome(job_id, error_kind="JobFailed", error_message=message)
 
 
 def _error_outcome(job_id: str, exc: BaseException) -> JobOutcome:

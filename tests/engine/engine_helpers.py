@@ -38,3 +38,46 @@ async def collect(handle: JobHandle, timeout: float = 60.0) -> list[JobEvent]:
         return [event async for event in handle]
 
     return await asyncio.wait_for(run(), timeout)
+
+
+class FailingRuntime:
+    """A stand-in runtime for worker-loop tests: ``generate`` raises ``error`` (built by ``make_error``)
+    for any batch of at least ``fail_from`` requests and otherwise returns one None (cancelled) per request.
+    Each call that fails first allocates a ``Bulky`` object, as a real call holds a KV cache."""
+
+    def __init__(self, make_error, fail_from: int = 1) -> None:
+        self.make_error = make_error
+        self.fail_from = fail_from
+        self.calls: list[int] = []
+        self.on_call = None  # called with the batch size before each call runs
+
+    def generate(self, requests, *, on_progress, on_preview, should_cancel):
+        if self.on_call is not None:
+            self.on_call(len(requests))
+        self.calls.append(len(requests))
+        if len(requests) >= self.fail_from:
+            kv_cache = Bulky()  # noqa: F841 - kept alive only by this frame, as a real call's tensors are
+            raise self.make_error()
+        return [None for _ in requests]
+
+
+class Bulky:
+    """Stands for a large tensor; weakref-able so a test can see whether it was freed."""
+
+    instances: list = []
+
+    def __init__(self) -> None:
+        import weakref
+
+        Bulky.instances.append(weakref.ref(self))
+
+
+def cuda_error() -> RuntimeError:
+    return RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def serve_failing_runtime(conn) -> None:
+    """Spawn target: the real worker loop (``_serve``) on a runtime whose every call hits a CUDA error."""
+    from janus_engine.worker import _Channel, _serve
+
+    _serve(_Channel(conn, 0.0), FailingRuntime(cuda_error))
