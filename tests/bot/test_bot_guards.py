@@ -4,6 +4,7 @@ per-user limit, disabled channels, server-manager and owner-only commands, /admi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -119,6 +120,27 @@ async def test_cooldown_and_daily_cap(world: World) -> None:
         assert len(jobs) == 1  # refusals recorded no jobs
     finally:
         world.set_limits(imagine_cooldown_s=0.0, images_per_user_per_day=100)
+
+
+async def test_two_requests_fired_at_once_cannot_both_pass_the_cooldown(world: World) -> None:
+    """A double click: both interactions arrive before either is answered. Exactly one runs."""
+    user = world.user("pol-double")
+    world.set_limits(imagine_cooldown_s=120.0)
+    try:
+        both = await asyncio.gather(
+            *(world.emu.slash(user, world.general, "imagine", prompt="a tree") for _ in range(2))
+        )
+        for itx in both:
+            await itx.wait_response()
+            assert not itx.failed, itx.failure
+        ran = [itx for itx in both if not itx.ephemeral]
+        refused = [itx for itx in both if itx.ephemeral]
+        assert len(ran) == 1 and len(refused) == 1
+        await _refused(world, refused[0], "Slow down")
+        await world.final(ran[0], is_result)
+        assert len(await finished_jobs(world.bot, user.id, 1)) == 1  # the refused one recorded nothing
+    finally:
+        world.set_limits(imagine_cooldown_s=0.0)
 
 
 async def test_engine_user_limit_is_a_clear_message_and_the_job_record_is_closed(world: World) -> None:

@@ -156,3 +156,17 @@ async def test_images_are_fitted_to_the_servers_upload_limit(world: World) -> No
     assert all(a.size <= 2000 for a in msg.attachments)
     assert "sent as JPEG" in msg.content
     assert not any(r.status == 413 for r in world.emu.rejections)
+
+
+async def test_forgetting_everything_while_a_job_runs_still_delivers_its_images(world: World) -> None:
+    """/forget everywhere deletes the job record mid-run; the images must still arrive and stay."""
+    emu = world.emu
+    hana = world.user("hana")
+    itx = await world.run(hana, world.general, "imagine", prompt="a paper lantern", count=2)
+    await emu.wait_for(lambda: itx.original if itx.original and "%" in itx.original.content else None)
+    forget = await world.run(hana, world.general, "forget", where="everywhere")
+    assert forget.ephemeral
+    msg = await world.final(itx, is_result)
+    await asyncio.sleep(0.5)  # any late bookkeeping error would have replaced the result by now
+    assert len(msg.attachments) == 2 and "went wrong" not in msg.content
+    assert emu.failures == []

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bot.config import AccessSection, LimitsSection, UnderstandingSection, parse_config
-from bot.delivery import fit_to_limit
+from bot.delivery import LatestProgress, fit_to_limit
 from bot.errors import BadUpload, BlockedPrompt, CooldownActive, DailyCapReached, NotAllowed
 from bot.formatting import format_eta, progress_bar, queue_line, quote_prompt, split_message
 from bot.limits import CHAT, IMAGINE, UsageLimiter
@@ -304,3 +305,32 @@ def test_janus_bot_run_reports_a_refused_token_in_one_line(tmp_path: Path, tiny_
     assert code == 2
     assert "Discord refused the token in JANUS_RUN_TOKEN" in err.getvalue()
     assert "a-wrong-token" not in err.getvalue()
+
+
+# ---- progress messages --------------------------------------------------------------------------------
+
+
+class _RecordingOutlet:
+    def __init__(self) -> None:
+        self.shown: list[tuple[float, str, object]] = []
+
+    async def show(self, content: str, *, file=None, view=None) -> None:
+        self.shown.append((time.monotonic(), content, file))
+
+
+async def test_progress_shows_the_newest_state_at_most_once_per_interval() -> None:
+    outlet = _RecordingOutlet()
+    progress = LatestProgress(outlet, interval=0.2)
+    await progress.update("queued 3")  # shown at once
+    await progress.update("queued 2", file=("preview.png", b"png"))
+    await progress.update("queued 1")  # replaces "queued 2", keeps its preview
+    assert [c for _, c, _ in outlet.shown] == ["queued 3"]
+    await asyncio.sleep(0.5)  # nothing else happens: the newest state still shows when the interval ends
+    assert [c for _, c, _ in outlet.shown] == ["queued 3", "queued 1"]
+    assert outlet.shown[1][2] == ("preview.png", b"png")
+    assert outlet.shown[1][0] - outlet.shown[0][0] >= 0.19
+    await progress.update("running 50%")
+    await progress.update("running 60%")  # pending when the result arrives
+    await progress.close()
+    await asyncio.sleep(0.3)
+    assert [c for _, c, _ in outlet.shown] == ["queued 3", "queued 1", "running 50%"]
