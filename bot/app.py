@@ -292,10 +292,18 @@ class JanusBot(commands.Bot):
         from dataclasses import replace
 
         applied = replace(
-            new, model=self.config.model, engine=self.config.engine, database=self.config.database
+            new,
+            model=self.config.model,
+            engine=self.config.engine,
+            database=self.config.database,
+            logging=replace(new.logging, file=self.config.logging.file),
+            memory=replace(new.memory, tokenizer_path=self.config.memory.tokenizer_path),
         )
         self.config = applied
         self.limiter.update(applied.limits)
+        root = logging.getLogger()
+        root.setLevel(applied.logging.level)  # the level applies at once (the file needs a restart)
+        logging.getLogger("discord").setLevel(max(root.level, logging.INFO))
         log.info("config reloaded from %s", new.source)
         msg = "Config reloaded."
         if pending:

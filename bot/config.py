@@ -548,4 +548,8 @@ def restart_required_changes(old: BotConfig, new: BotConfig) -> list[str]:
         changed.append("discord.guild_ids")
     if old.discord.message_content_intent != new.discord.message_content_intent:
         changed.append("discord.message_content_intent")
+    if old.logging.file != new.logging.file:
+        changed.append("logging.file")
+    if old.memory.tokenizer_path != new.memory.tokenizer_path:
+        changed.append("memory.tokenizer_path")
     return changed

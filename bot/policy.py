@@ -45,7 +45,9 @@ def check_access(access: AccessSection, who: Requester, settings: dict[str, Any]
     if who.user_id in access.blocked_users:
         raise NotAllowed("You are not allowed to use this bot.")
     if who.is_dm:
-        if not access.allow_dms:
+        # A DM carries no server, channel or roles to check: where the config limits the bot to some of
+        # those, a DM would be a way around the limit, so it is refused.
+        if not access.allow_dms or access.allowed_guilds or access.allowed_channels or access.allowed_roles:
             raise NotAllowed("This bot does not answer in direct messages; use it in a server channel.")
         return
     if access.allowed_guilds and who.guild_id not in access.allowed_guilds:

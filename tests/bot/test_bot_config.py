@@ -127,3 +127,7 @@ def test_reload_reports_what_needs_a_restart() -> None:
     new = parse_config({"limits": {"chat_cooldown_s": 5}, "engine": {"max_queue": 3}})
     assert restart_required_changes(old, new) == ["engine"]
     assert restart_required_changes(old, parse_config({"limits": {"chat_cooldown_s": 5}})) == []
+    later = parse_config(
+        {"logging": {"file": "bot.log", "level": "DEBUG"}, "memory": {"tokenizer_path": "t.json"}}
+    )
+    assert restart_required_changes(old, later) == ["logging.file", "memory.tokenizer_path"]

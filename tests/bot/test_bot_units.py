@@ -116,6 +116,11 @@ def test_access_rules_name_the_reason() -> None:
         check_access(open_, _who(), {ENABLED: False})
     with pytest.raises(NotAllowed, match="direct messages"):
         check_access(AccessSection(allow_dms=False), _who(guild_id=None), {})
+    check_access(open_, _who(guild_id=None), {})
+    # A DM has no server, channel or roles: where the config limits those, a DM cannot get around them.
+    for limited in ({"allowed_guilds": (10,)}, {"allowed_channels": (100,)}, {"allowed_roles": (7,)}):
+        with pytest.raises(NotAllowed, match="direct messages"):
+            check_access(AccessSection(**limited), _who(guild_id=None, role_ids=frozenset({7})), {})
 
 
 def test_servers_can_tighten_the_nsfw_policy_but_never_loosen_it() -> None:
