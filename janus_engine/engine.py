@@ -181,6 +181,7 @@ class JanusEngine:
         self._dispatcher: asyncio.Task[None] | None = None
         self._started = False
         self._accepting = False
+        self._draining = False  # stop(drain=True) is letting the queue finish: workers still restart
         self._closing = False
         self._started_at = time.monotonic()
         self._done = self._failed = self._cancelled = self._batches = 0
@@ -191,15 +192,37 @@ class JanusEngine:
         """Spawn one worker per device and wait until every one has loaded the model.
 
         Raises ModelNotAvailable (with the worker's own explanation) if any fails or is too slow; then no
-        worker is left running.
+        worker is left running, and a later ``start`` tries again.
         """
         if self._started:
             return
         self._loop = asyncio.get_running_loop()
         self._started_at = time.monotonic()
         self._started = True
+        try:
+            await self._start_workers()
+        except BaseException:
+            self._abandon_start()
+            raise
+        self._accepting = True
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="janus-engine-dispatch")
+
+    def _abandon_start(self) -> None:
+        """A failed (or cancelled) start leaves nothing running and the engine startable again."""
+        self._started = False
         for slot in self._slots:
-            self._spawn(slot)
+            if slot.start_timer is not None:
+                slot.start_timer.cancel()
+            if slot.proc is not None:
+                slot.proc.kill()  # only left here when start was cancelled or a spawn raised
+            slot.proc = None
+            slot.pid = None
+            slot.ready = None
+            slot.state = "stopped"
+
+    async def _start_workers(self) -> None:
+        for slot in self._slots:
+            self._spawn(slot, awaited=True)
         waits = [slot.ready for slot in self._slots if slot.ready is not None]
         try:
             outcomes = await asyncio.wait_for(
@@ -215,8 +238,8 @@ class JanusEngine:
             await self._shutdown_processes(5.0)
             first = failures[0]
             raise first if isinstance(first, errors.JanusError) else ModelNotAvailable(str(first))
-        self._accepting = True
-        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="janus-engine-dispatch")
+        for slot in self._slots:
+            slot.ready = None  # awaited and done; restarts create none (nobody would await them)
 
     async def stop(self, *, drain: bool = False, timeout: float = 30.0) -> None:
         """Stop accepting jobs; with ``drain`` let queued and running jobs finish (within ``timeout``);
@@ -226,8 +249,12 @@ class JanusEngine:
         deadline = time.monotonic() + timeout
         self._accepting = False
         if drain:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            self._draining = True  # a worker that crashes now is still restarted for the queued jobs
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            finally:
+                self._draining = False
         self._closing = True
         for job in self._scheduler.queued_jobs():
             self._scheduler.remove(job.job_id)
@@ -263,7 +290,7 @@ class JanusEngine:
         or the engine is stopping), UserLimitReached (this user has too many jobs waiting).
         """
         if not self._accepting:
-            if self._closing:
+            if self._closing or self._draining:
                 raise QueueFull("The engine is shutting down; please try again later.")
             raise ModelNotAvailable("The engine is not running (start it first).")
         request = self._prepare(request)
@@ -438,11 +465,13 @@ class JanusEngine:
 
     # ---- worker processes ------------------------------------------------------------------------------
 
-    def _spawn(self, slot: _Slot) -> None:
+    def _spawn(self, slot: _Slot, *, awaited: bool = False) -> None:
+        """Start the slot's process. Only ``start`` awaits ``slot.ready``: a restart gets none, since an
+        exception set on a future nobody awaits is logged as "never retrieved" at every failed restart."""
         assert self._loop is not None
         spec = dataclasses.replace(self.config.model, device=slot.device)
         options = WorkerOptions(name=slot.name, step_delay_s=self.config.step_delay_s)
-        slot.ready = self._loop.create_future()
+        slot.ready = self._loop.create_future() if awaited else None
         slot.state = "starting"
         slot.proc = WorkerProcess(
             spec, options, loop=self._loop, on_message=self._on_message, on_exit=self._on_exit
@@ -459,10 +488,20 @@ class JanusEngine:
             proc.kill()
 
     def _restart(self, slot: _Slot) -> None:
-        if self._closing:
+        if self._closing or not self._started:
             return
         slot.restarts += 1
-        self._spawn(slot)
+        try:
+            self._spawn(slot)
+        except Exception as exc:  # process limits, file descriptors: try again later rather than never
+            slot.proc = None
+            slot.pid = None
+            slot.last_error = f"could not start a worker process: {type(exc).__name__}: {exc}"
+            log.error("%s: %s", slot.name, slot.last_error)
+            self._schedule_restart(slot, was_ready=False)
+
+    def _restarts_allowed(self) -> bool:
+        return not self._closing and (self._accepting or self._draining)
 
     def _slot_of(self, proc: WorkerProcess) -> _Slot | None:
         return next((s for s in self._slots if s.proc is proc), None)
@@ -576,19 +615,24 @@ class JanusEngine:
                     self._end(record, Failed(job_id, reason, "JobFailed"))
         if slot.ready is not None and not slot.ready.done():
             slot.ready.set_exception(ModelNotAvailable(slot.last_error or f"The model worker failed: {how}."))
-        if self._closing or not self._accepting:
+        if not self._restarts_allowed():
             slot.state = "stopped"
             return
         if slot.state != "restarting" or slot.last_error is None:
             slot.last_error = how if was_ready else (slot.last_error or how)
         log.warning("%s: %s; restarting it", slot.name, how)
+        self._schedule_restart(slot, was_ready=was_ready)
+
+    def _schedule_restart(self, slot: _Slot, *, was_ready: bool) -> None:
+        """Restart at once after a crash of a serving worker; after failed starts, wait longer each time
+        (and tell queued jobs now if no worker is left to run them)."""
         if was_ready:
             delay = 0.0
         else:
             slot.failures_in_a_row += 1
-            delay = min(self.config.restart_backoff_max_s, 2.0 ** slot.failures_in_a_row)
-            if not any(s.state in ("idle", "busy") for s in self._slots):
-                self._fail_queued(f"The model is not available right now: {slot.last_error or how}")
+            delay = min(self.config.restart_backoff_max_s, 2.0**slot.failures_in_a_row)
+            if not any(s.state in ("idle", "busy") for s in self._slots if s is not slot):
+                self._fail_queued(f"The model is not available right now: {slot.last_error}")
         slot.state = "restarting"
         assert self._loop is not None
         self._loop.call_later(delay, self._restart, slot)
