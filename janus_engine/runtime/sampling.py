@@ -25,7 +25,9 @@ def fresh_seed() -> int:
 def uniform_stream(seed: int, rows: int, steps: int) -> torch.Tensor:
     """``rows`` x ``steps`` uniforms in [0, 1) from ``seed``: row i is the same whatever ``rows`` is."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.rand((rows, steps), generator=generator, dtype=torch.float64).to(torch.float32)
+    uniforms = torch.rand((rows, steps), generator=generator, dtype=torch.float64).to(torch.float32)
+    # A float64 draw within 2**-25 of 1 rounds to 1.0 in float32: keep the stream below 1 as promised.
+    return uniforms.clamp_max(1.0 - 2.0**-24)
 
 
 def guided_logits(logits: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
@@ -36,9 +38,12 @@ def guided_logits(logits: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(dim=-1)
-    # right=True picks the first index whose cumulative mass exceeds u*total, so a zero-probability token
-    # is never chosen, and u < 1 keeps the index in range.
-    target = (uniforms[:, None] * cdf[:, -1:]).contiguous()
+    # right=True picks the first index whose cumulative mass exceeds the target, so a zero-probability
+    # token is never chosen as long as target < total. u < 1 is not enough on its own: u * total can round
+    # up to total in float32 (and a caller's u may be 1.0), so the target is capped just below the total.
+    total = cdf[:, -1:]
+    below_total = torch.nextafter(total, torch.zeros_like(total))
+    target = torch.minimum(uniforms[:, None].to(cdf.dtype) * total, below_total).contiguous()
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
