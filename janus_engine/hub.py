@@ -8,6 +8,7 @@ Loading must never hang or end in a stack trace when the weights are missing: th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -72,6 +73,18 @@ def resolve_local_dir(path: str) -> Path:
     return directory
 
 
+def has_weights(directory: Path) -> bool:
+    """Whether ``directory`` holds safetensors weights, and every shard its index names if it has one."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return bool(shards) and all((directory / shard).is_file() for shard in shards)
+    return any(path.is_file() for path in directory.glob("*.safetensors"))
+
+
 def resolve_model_dir(model: str, *, cache_dir: str | None = None, local_files_only: bool = False) -> Path:
     """The local directory holding ``model``'s files, downloading them first when the hub is reachable.
 
@@ -85,12 +98,20 @@ def resolve_model_dir(model: str, *, cache_dir: str | None = None, local_files_o
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=True,
-                                      allow_patterns=ALLOW_PATTERNS))
+        found = snapshot_download(
+            model, cache_dir=cache_dir, local_files_only=True, allow_patterns=ALLOW_PATTERNS
+        )
+        cached: Path | None = Path(found)
     except HFValidationError as exc:
         raise ModelNotAvailable(f"{model!r} is neither a directory nor a valid hub id ({exc}).") from None
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
+        cached = None
+    # The offline lookup returns the snapshot folder whatever it holds: one AutoConfig.from_pretrained
+    # leaves a snapshot with just config.json. Only a snapshot with the weights counts as the model.
+    if cached is not None:
+        if has_weights(cached):
+            return cached
+        log.info("the cached snapshot of %s (%s) lacks weight files", model, cached)
     if local_files_only or _hub_offline():
         raise ModelNotAvailable(
             f"Model {model} is not in the local Hugging Face cache and hub access is off. "

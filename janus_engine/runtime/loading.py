@@ -42,10 +42,22 @@ def resolve_placement(spec: ModelSpec) -> Placement:
             count = torch.cuda.device_count()
             raise ModelNotAvailable(f"Device {name} does not exist: {count} GPU(s) visible.")
     if spec.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        bf16_supported = False
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                bf16_supported = torch.cuda.is_bf16_supported(including_emulation=False)
+        dtype = auto_dtype(device.type, bf16_supported=bf16_supported)
     else:
         dtype = _DTYPES[spec.dtype]
     return Placement(device=device, dtype=dtype)
+
+
+def auto_dtype(device_type: str, *, bf16_supported: bool) -> torch.dtype:
+    """dtype "auto": bf16 on GPUs that compute in it (Ampere and later), fp16 on older cards (T4, V100),
+    where bf16 is emulated at a fraction of the speed, and fp32 on CPU."""
+    if device_type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if bf16_supported else torch.float16
 
 
 def load_model_and_processor(spec: ModelSpec) -> tuple[Any, Any, Placement]:
