@@ -63,19 +63,37 @@ class TextOutput:
 
 
 class _Detokenizer:
-    """Turns a growing token list into text deltas, holding back a partial UTF-8 character."""
+    """Turns a growing token list into text deltas, holding back a partial UTF-8 character.
+
+    Decoding the whole answer at every step would cost time quadratic in its length, so only a short
+    window is decoded (the usual prefix-offset / read-offset method): ``tokens[prefix:read]`` were already
+    sent and give the context a tokenizer needs to decode what follows them (a leading space, the other
+    bytes of a character); the delta is what ``tokens[prefix:]`` decodes to beyond ``tokens[prefix:read]``.
+    """
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.sent = ""
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.started = False  # lstrip until the first visible text: the answer follows "<|Assistant|>:"
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def delta(self, tokens: list[int], *, final: bool = False) -> str:
-        """The text ``tokens`` add to what was sent; ``final`` flushes a held-back partial character."""
-        # lstrip: the answer starts after "<|Assistant|>:", and the final text is stripped too.
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
-        if (text.endswith("\ufffd") and not final) or not text.startswith(self.sent):
+        """The text ``tokens`` add to what was sent; ``final`` flushes a held-back partial character.
+        Concatenated, the deltas are ``decode(tokens).lstrip()``."""
+        if self.read_offset >= len(tokens):
             return ""
-        piece, self.sent = text[len(self.sent) :], text
+        sent_text = self._decode(tokens[self.prefix_offset : self.read_offset])
+        text = self._decode(tokens[self.prefix_offset :])
+        if len(text) <= len(sent_text) or (text.endswith("\ufffd") and not final):
+            return ""  # nothing new yet, or a character whose other bytes are still to come
+        piece = text[len(sent_text) :]
+        self.prefix_offset, self.read_offset = self.read_offset, len(tokens)
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
         return piece
 
 
