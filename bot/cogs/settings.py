@@ -66,7 +66,8 @@ class SettingsCog(
         target = channel.id if channel is not None else interaction.channel_id
         await self.bot.store.update_channel_settings(
             target,
-            {ENABLED: None if enabled else False},
+            # Stored either way: a thread turned on under a channel that is off must override it.
+            {ENABLED: enabled},
             guild_id=interaction.guild_id,
             actor_id=interaction.user.id,
         )

@@ -174,6 +174,14 @@ async def test_settings_need_manage_server_and_disable_a_channel(world: World) -
     assert itx.ephemeral and "off" in itx.original.content
     chat = await world.run(user, quiet, "chat", message="hello?")
     await _refused(world, chat, "turned this bot off in this channel")
+    # A thread under the switched-off channel is off too, and can be switched on by itself.
+    thread = world.emu.add_thread(quiet, "bot corner")
+    chat = await world.run(user, thread, "chat", message="in here?")
+    await _refused(world, chat, "turned this bot off")
+    itx = await world.run(world.manager, thread, "settings channel", enabled=True)
+    assert "now on" in itx.original.content
+    chat = await world.run(user, thread, "chat", message="in here?")
+    assert chat.deferred
     itx = await world.run(world.manager, quiet, "settings channel", enabled=True)
     chat = await world.run(user, quiet, "chat", message="hello?")
     assert chat.deferred
