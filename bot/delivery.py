@@ -181,6 +181,8 @@ class InteractionOutlet(_Announcer):
         self.channel: Any = interaction.channel
         self.upload_limit = upload_limit or interaction.filesize_limit
         self.expired = False
+        self._original_id: int | None = None  # the interaction's response, once it exists
+        self._original_editable = True  # by the bot as its own message, after the token died
         self._channel_message: discord.Message | None = None  # progress message posted after expiry
 
     def token_alive(self) -> bool:
@@ -211,12 +213,19 @@ class InteractionOutlet(_Announcer):
                     msg = await self.interaction.edit_original_response(
                         content=content, attachments=attachments, view=view, allowed_mentions=NO_PINGS
                     )
+                    self._original_id = msg.id
                     await self._announce(msg.id)
                     return
                 except discord.HTTPException as exc:
                     if not is_dead_token(exc):
                         raise
                     self.expired = True
+            # The token is dead: the same message goes on as the bot's own (no new message to look for),
+            # or, where Discord refuses that, a new channel message takes over.
+            if self._channel_message is None and await self._edit_original(
+                content=content, attachments=attachments, view=view
+            ):
+                return
             if self._channel_message is None:
                 kwargs: dict[str, Any] = {"content": content, "allowed_mentions": NO_PINGS}
                 if file:
@@ -247,6 +256,7 @@ class InteractionOutlet(_Announcer):
                 msg = await self.interaction.edit_original_response(
                     content=chunks[0], attachments=to_files(files), view=view, allowed_mentions=NO_PINGS
                 )
+                self._original_id = msg.id
                 ids.append(msg.id)
                 for chunk in chunks[1:]:
                     extra = await self.interaction.followup.send(chunk, allowed_mentions=NO_PINGS, wait=True)
@@ -257,9 +267,9 @@ class InteractionOutlet(_Announcer):
                     raise
                 self.expired = True
                 ids.clear()
-        mention = f"<@{self.user_id}> "
+        chunks = split_message(f"<@{self.user_id}> " + ("\n".join([text, *notes]) if notes else text))
         first: dict[str, Any] = {
-            "content": (mention + chunks[0])[:2000],
+            "content": chunks[0],
             "files": to_files(files),
             "allowed_mentions": discord.AllowedMentions(users=[discord.Object(self.user_id)])
             if ping
@@ -274,7 +284,23 @@ class InteractionOutlet(_Announcer):
         if self._channel_message is not None:
             with contextlib.suppress(discord.HTTPException):
                 await self._channel_message.delete()
+        else:  # the progress message must not stay behind with a bar and a Cancel button
+            await self._edit_original(content="Done: the result is in a new message below.", attachments=[])
         return ids
+
+    async def _edit_original(self, **fields: Any) -> bool:
+        """Edit the original response through the channel (the bot's own message), not the dead token."""
+        if self._original_id is None or not self._original_editable or self.channel is None:
+            return False
+        try:
+            await self.channel.get_partial_message(self._original_id).edit(
+                allowed_mentions=NO_PINGS, **{"view": None, **fields}
+            )
+            return True
+        except discord.HTTPException as exc:
+            log.info("cannot edit the original response as a bot message (%s); posting anew", exc)
+            self._original_editable = False
+            return False
 
     async def fail(self, text: str) -> None:
         """End the job's message with an explanation (failure, timeout, cancellation), buttons removed."""

@@ -47,9 +47,13 @@ async def test_result_goes_out_as_a_channel_message_after_the_token_expires(worl
     assert len(dead) == 1, dead  # one failed edit, then never the dead token again
     job = await finished_job(world.bot, job_id)
     assert job.status == "done" and result.id in job.message_ids
-    # No stray progress message is left behind in the channel.
+    # No stray progress message is left behind in the channel: progress went on in the original
+    # response (edited as the bot's own message, not with the dead token), which now points below.
     leftovers = [m for m in emu.bot_messages(world.general) if _cancel_id(m) == job_id and not m.deleted]
-    assert [m.id for m in leftovers if m.interaction is None] == []
+    assert leftovers == []
+    assert [m.id for m in emu.bot_messages(world.general) if m.interaction is None] == [result.id]
+    assert "result is in a new message below" in itx.original.content
+    assert itx.original.custom_ids() == [] and not itx.original.attachments
 
 
 async def test_worker_killed_mid_job_fails_that_job_clearly_and_the_next_one_works(world: World) -> None:
