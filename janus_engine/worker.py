@@ -281,7 +281,9 @@ def run_batch(channel: _Channel, runtime: Any, batch: RunBatch) -> BatchFinished
     big for memory) fails only itself. An unrecoverable device error is not retried: the batch's jobs
     fail and the result asks the worker to exit (see :func:`is_unrecoverable_device_error`)."""
     started = time.perf_counter()
-    requests = list(batch.requests)
+    requests, rejected = _screen(runtime, batch.requests)
+    if not requests:
+        return BatchFinished(batch.batch_id, tuple(rejected), time.perf_counter() - started, 0)
     failure: tuple[str, str] | None = None  # (type name, message) of the batched call's error
     device_error: str | None = None
     try:
@@ -310,11 +312,29 @@ def run_batch(channel: _Channel, runtime: Any, batch: RunBatch) -> BatchFinished
             steps = max(steps, single_steps)
     return BatchFinished(
         batch_id=batch.batch_id,
-        outcomes=tuple(outcomes),
+        outcomes=tuple(rejected) + tuple(outcomes),
         seconds=time.perf_counter() - started,
         steps=steps,
         worker_exiting=device_error,
     )
+
+
+def _screen(runtime: Any, requests: Sequence[Any]) -> tuple[list[Any], list[JobOutcome]]:
+    """Check each request of a batch before running it (token limits included): a bad one fails alone
+    instead of failing the batched call and sending every other job through the slow one-by-one retry
+    (which would let one user slow everybody down on purpose). A batch of one needs no screening."""
+    if len(requests) < 2:
+        return list(requests), []
+    valid: list[Any] = []
+    rejected: list[JobOutcome] = []
+    for request in requests:
+        try:
+            runtime.validate(request)
+        except JanusError as exc:
+            rejected.append(_error_outcome(request.request_id, exc))
+        else:
+            valid.append(request)
+    return valid, rejected
 
 
 def _run_single(

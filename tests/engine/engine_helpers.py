@@ -51,6 +51,9 @@ class FailingRuntime:
         self.calls: list[int] = []
         self.on_call = None  # called with the batch size before each call runs
 
+    def validate(self, request) -> None:
+        """Every request is valid here: these tests are about failures while running."""
+
     def generate(self, requests, *, on_progress, on_preview, should_cancel):
         if self.on_call is not None:
             self.on_call(len(requests))
