@@ -201,15 +201,14 @@ async def _remember(bot: JanusBot, q: Question, conv: ConversationRef, answer: s
     already find it); returns the assistant turn's id. If the store fails (the conversation was forgotten
     meanwhile, a broken database), the user still gets the answer, only without memory of it."""
     try:
-        user_turn = await bot.store.append_turn(
+        _, bot_turn = await bot.store.append_exchange(
             conv.id,
-            "user",
             q.text,
+            answer,
             author_id=q.who.user_id,
             images=q.images,
             message_ids=q.user_message_ids,
         )
-        bot_turn = await bot.store.append_turn(conv.id, "assistant", answer, reply_to_turn_id=user_turn.id)
     except Exception:
         log.exception("could not store an exchange in conversation %s", conv.id)
         return None

@@ -3,8 +3,10 @@ model context. Images are stored once per sha256 and shared by the turns that sh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import import_module
 
@@ -142,56 +144,71 @@ class ConversationsMixin(SettingsMixin):
 
         The token count of ``text`` is taken here, with ``count_tokens`` or the store's counter, and kept
         with the turn so that building a context never tokenizes old turns again."""
-        if role not in _ROLES:
-            raise InvalidRequest(f"A turn's role must be 'user' or 'assistant', not {role!r}.")
-        tokens = int((count_tokens or self.count_tokens)(text))
-        blobs = [(hashlib.sha256(png).hexdigest(), png, *png_dimensions(png)) for png in images]
-        hashes = tuple(sha for sha, *_ in blobs)
-        messages = tuple(dict.fromkeys(int(m) for m in message_ids))
-        now = created_at or utcnow()
+        turn = self._new_turn(
+            conversation_id, role, text, author_id, images, message_ids, reply_to_turn_id, count_tokens,
+            created_at,
+        )  # fmt: skip
         try:
             async with self._write() as conn:
-                if reply_to_turn_id is not None:
-                    await _require_turn_in(conn, reply_to_turn_id, conversation_id)
-                await _insert_missing_images(conn, blobs, now)
-                result = await conn.execute(
-                    insert(ConversationTurn).values(
-                        conversation_id=conversation_id,
-                        role=role,
-                        text=text,
-                        author_id=author_id,
-                        reply_to_turn_id=reply_to_turn_id,
-                        token_count=tokens,
-                        created_at=now,
-                    )
-                )
-                turn_id = int(result.inserted_primary_key[0])
-                if hashes:
-                    await conn.execute(
-                        insert(TurnImage),
-                        [
-                            {"turn_id": turn_id, "position": i, "image_sha256": sha}
-                            for i, sha in enumerate(hashes)
-                        ],
-                    )
-                if messages:
-                    await conn.execute(
-                        insert(TurnMessage), [{"message_id": m, "turn_id": turn_id} for m in messages]
-                    )
+                return await _insert_turn(conn, turn)
         except IntegrityError as exc:
             raise await self._explain_turn_integrity_error(conversation_id, reply_to_turn_id) from exc
-        return TurnRecord(
-            id=turn_id,
+
+    async def append_exchange(
+        self,
+        conversation_id: int,
+        question: str,
+        answer: str,
+        *,
+        author_id: int | None = None,
+        images: Sequence[bytes] = (),
+        message_ids: Iterable[int] = (),
+    ) -> tuple[TurnRecord, TurnRecord]:
+        """A user's turn and the assistant's answer to it, in one transaction.
+
+        Two answers finishing at the same moment in one conversation (a user may have two running) are
+        stored as question, answer, question, answer - never interleaved - and a crash never keeps a
+        question without its answer."""
+        user_turn = self._new_turn(conversation_id, "user", question, author_id, images, message_ids)
+        try:
+            async with self._write() as conn:
+                stored_question = await _insert_turn(conn, user_turn)
+                reply = self._new_turn(
+                    conversation_id, "assistant", answer, None, (), (), stored_question.id
+                )
+                return stored_question, await _insert_turn(conn, reply)
+        except IntegrityError as exc:
+            raise await self._explain_turn_integrity_error(conversation_id, None) from exc
+
+    def _new_turn(
+        self,
+        conversation_id: int,
+        role: Role,
+        text: str,
+        author_id: int | None,
+        images: Sequence[bytes],
+        message_ids: Iterable[int],
+        reply_to_turn_id: int | None = None,
+        count_tokens: TokenCounter | None = None,
+        created_at: datetime | None = None,
+    ) -> _NewTurn:
+        """Validate and prepare a turn (token count, image hashes); its id is set when it is inserted."""
+        if role not in _ROLES:
+            raise InvalidRequest(f"A turn's role must be 'user' or 'assistant', not {role!r}.")
+        blobs = [(hashlib.sha256(png).hexdigest(), png, *png_dimensions(png)) for png in images]
+        record = TurnRecord(
+            id=0,
             conversation_id=conversation_id,
             role=role,
             text=text,
             author_id=author_id,
-            message_ids=messages,
-            image_hashes=hashes,
-            token_count=tokens,
-            created_at=now,
+            message_ids=tuple(dict.fromkeys(int(m) for m in message_ids)),
+            image_hashes=tuple(sha for sha, *_ in blobs),
+            token_count=int((count_tokens or self.count_tokens)(text)),
+            created_at=created_at or utcnow(),
             reply_to_turn_id=reply_to_turn_id,
         )
+        return _NewTurn(record, blobs)
 
     async def _explain_turn_integrity_error(self, conversation_id: int, reply_to: int | None) -> Exception:
         if await self.get_conversation(conversation_id) is None:
@@ -304,6 +321,43 @@ async def _build_context(
         omitted_turns=plan.omitted_turns,
         omitted_images=plan.omitted_images,
     )
+
+
+@dataclass(frozen=True)
+class _NewTurn:
+    """A turn ready to insert: its record (id 0 until inserted) and its images as (sha256, png, w, h)."""
+
+    record: TurnRecord
+    blobs: list[tuple[str, bytes, int, int]]
+
+
+async def _insert_turn(conn: AsyncConnection, new: _NewTurn) -> TurnRecord:
+    """Insert a prepared turn with its images and message ids, inside the caller's transaction."""
+    turn = new.record
+    if turn.reply_to_turn_id is not None:
+        await _require_turn_in(conn, turn.reply_to_turn_id, turn.conversation_id)
+    await _insert_missing_images(conn, new.blobs, turn.created_at)
+    result = await conn.execute(
+        insert(ConversationTurn).values(
+            conversation_id=turn.conversation_id,
+            role=turn.role,
+            text=turn.text,
+            author_id=turn.author_id,
+            reply_to_turn_id=turn.reply_to_turn_id,
+            token_count=turn.token_count,
+            created_at=turn.created_at,
+        )
+    )
+    turn_id = int(result.inserted_primary_key[0])
+    if turn.image_hashes:
+        hashes = enumerate(turn.image_hashes)
+        rows = [{"turn_id": turn_id, "position": i, "image_sha256": sha} for i, sha in hashes]
+        await conn.execute(insert(TurnImage), rows)
+    if turn.message_ids:
+        await conn.execute(
+            insert(TurnMessage), [{"message_id": m, "turn_id": turn_id} for m in turn.message_ids]
+        )
+    return dataclasses.replace(turn, id=turn_id)
 
 
 async def _require_turn_in(conn: AsyncConnection, turn_id: int, conversation_id: int) -> None:

@@ -7,6 +7,8 @@ The dropped-image marker "[image no longer in memory]" is 5 words.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bot.store import IMAGE_DROPPED_MARKER, ContextBudget, ConversationKey, ConversationScope, Store
@@ -159,3 +161,24 @@ def test_planner_image_cost_is_a_parameter() -> None:
 def test_planner_rejects_an_empty_budget() -> None:
     with pytest.raises(PromptTooLong):
         plan_context([TurnCost(1, "user", "", 0)], ContextBudget(total_tokens=0), MARKER_TOKENS)
+
+
+async def test_an_exchange_is_stored_whole_and_two_at_once_never_interleave(store: Store, make_png) -> None:
+    conv = await new_conversation(store, user_id=77)
+    # Two answers for the same user finish at the same moment (a user may have two jobs running).
+    first, second = await asyncio.gather(
+        store.append_exchange(conv.id, "what is one", "one is one", author_id=77, images=[make_png(1)]),
+        store.append_exchange(conv.id, "what is two", "two is two", author_id=77, message_ids=[901]),
+    )
+    turns = await store.list_turns(conv.id)
+    one = [("user", "what is one"), ("assistant", "one is one")]
+    two = [("user", "what is two"), ("assistant", "two is two")]
+    assert [(t.role, t.text) for t in turns] in (one + two, two + one)
+    for question, answer in (first, second):
+        assert answer.reply_to_turn_id == question.id and answer.id == question.id + 1
+        assert answer.role == "assistant" and answer.author_id is None
+    assert first[0].image_hashes and second[0].message_ids == (901,)
+    # A conversation forgotten meanwhile: nothing of the exchange is kept, and the error says why.
+    await store.forget_user(77, include_jobs=True)
+    with pytest.raises(Exception, match="forgotten"):
+        await store.append_exchange(conv.id, "still there?", "no", author_id=77)
