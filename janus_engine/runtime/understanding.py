@@ -9,13 +9,13 @@ running each conversation alone (tested), and equal transformers' own ``generate
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from janus_engine.images import decode_user_image
 from janus_engine.protocol import Turn
 from janus_engine.runtime.generation import cache_keyword
 from janus_engine.runtime.kv_cache import preallocated_cache, select_cache_rows
@@ -34,13 +34,11 @@ def conversation_messages(turns: Sequence[Turn]) -> list[dict]:
 
 
 def open_images(turns: Sequence[Turn]) -> list[Image.Image]:
-    """The conversation's images in prompt order, as RGB PIL images (already validated upstream)."""
-    images = []
-    for turn in turns:
-        for data in turn.images:
-            with Image.open(io.BytesIO(data)) as im:
-                images.append(im.convert("RGB"))
-    return images
+    """The conversation's images in prompt order, as RGB PIL images.
+
+    The bot and the CLI hand over normalized PNGs, but the engine is a library: bytes from any caller get
+    the same defensive decoding as an upload (formats, pixel limits before decoding, typed errors)."""
+    return [decode_user_image(data) for turn in turns for data in turn.images]
 
 
 @dataclass(frozen=True)

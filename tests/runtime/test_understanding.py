@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 from PIL import Image
 
-from janus_engine.errors import InvalidRequest, PromptTooLong
+from janus_engine.errors import ImageTooLarge, InvalidImage, InvalidRequest, PromptTooLong
 from janus_engine.images import encode_png
 from janus_engine.protocol import TextSampling, Turn, UnderstandRequest
 
@@ -125,6 +125,13 @@ def test_bad_conversations_raise_typed_errors(runtime) -> None:
         runtime.understand([UnderstandRequest("x", (Turn("user", "zq xv jk " * 1000),))])
     with pytest.raises(InvalidRequest):
         runtime.validate(UnderstandRequest("x", (Turn("user", ""),)))
+    # Image bytes from a library caller get an upload's checks too: not an image, or a pixel bomb.
+    with pytest.raises(InvalidImage):
+        runtime.validate(UnderstandRequest("x", (Turn("user", "what?", (b"not an image",)),)))
+    bomb = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")  # a few KB that decode to 400 megapixels
+    with pytest.raises(ImageTooLarge):
+        runtime.validate(UnderstandRequest("x", (Turn("user", "what?", (bomb.getvalue(),)),)))
 
 
 def test_answer_budget_is_clipped_to_the_context(runtime) -> None:
