@@ -185,6 +185,12 @@ def _load(channel: _Channel, spec: ModelSpec, step_delay_s: float = 0.0) -> Any:
         from janus_engine.runtime import JanusRuntime
 
         spec = dataclasses.replace(spec, device=_resolve_device(spec.device))
+        if spec.device.startswith("cuda:"):
+            import torch
+
+            # Make this worker's GPU the current one before anything touches CUDA: otherwise libraries
+            # that use "the current device" create a second context (hundreds of MB) on cuda:0.
+            torch.cuda.set_device(torch.device(spec.device))
         runtime = JanusRuntime.load(spec)
         step_seconds = _warm_up(runtime, step_delay_s)
     except JanusError as exc:
