@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.delivery import InteractionOutlet, LatestProgress, MessageOutlet, quietly
+from bot.delivery import InteractionOutlet, LatestProgress, MessageOutlet, finish_if_open, quietly
 from bot.errors import Refusal
 from bot.formatting import clip, queue_line
 from bot.limits import CHAT
@@ -216,12 +216,7 @@ async def _remember(bot: JanusBot, q: Question, conv: ConversationRef, answer: s
 
 
 async def _finish_quietly(bot: JanusBot, job_id: str, reason: str) -> None:
-    try:
-        job = await bot.store.get_job(job_id)
-        if job is not None and not job.status.is_terminal:
-            await bot.store.finish_job(job_id, JobStatus.FAILED, error=reason)
-    except Exception:
-        log.exception("could not record the failure of job %s", job_id)
+    await quietly(finish_if_open(bot, job_id, reason), f"record the failure of job {job_id}")
 
 
 async def answer_interaction(
