@@ -300,7 +300,7 @@ def run_batch(channel: _Channel, runtime: Any, batch: RunBatch) -> BatchFinished
         outcomes, steps = [_error_outcome(r.request_id, exc) for r in requests], 0
         failure = (type(exc).__name__, str(exc))
         if is_unrecoverable_device_error(exc):
-            device_error = f"unrecoverable device error: {type(exc).__name__}: {str(exc)[:200]}"
+            device_error = _device_error_text(exc)
             outcomes = [_device_lost_outcome(r.request_id) for r in requests]
         # The retry runs outside this block: exc's traceback holds the failed call's frames and with them
         # its tensors (KV cache, logits), which a retry meant for "too big for memory" needs freed.
@@ -353,7 +353,7 @@ def _run_single(
         raise
     except Exception as exc:
         if is_unrecoverable_device_error(exc):
-            device_error = f"unrecoverable device error: {type(exc).__name__}: {str(exc)[:200]}"
+            device_error = _device_error_text(exc)
             return [_device_lost_outcome(request.request_id)], 0, device_error
         return [_error_outcome(request.request_id, exc)], 0, None
 
@@ -387,6 +387,10 @@ def _call_runtime(
         JobOutcome(request.request_id, result) for request, result in zip(requests, results, strict=True)
     ]
     return outcomes, max_step
+
+
+def _device_error_text(exc: BaseException) -> str:
+    return f"unrecoverable device error: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _device_lost_outcome(job_id: str) -> JobOutcome:

@@ -150,6 +150,8 @@ class ConversationsMixin(SettingsMixin):
         )  # fmt: skip
         try:
             async with self._write() as conn:
+                if reply_to_turn_id is not None:
+                    await _require_turn_in(conn, reply_to_turn_id, conversation_id)
                 return await _insert_turn(conn, turn)
         except IntegrityError as exc:
             raise await self._explain_turn_integrity_error(conversation_id, reply_to_turn_id) from exc
@@ -332,10 +334,9 @@ class _NewTurn:
 
 
 async def _insert_turn(conn: AsyncConnection, new: _NewTurn) -> TurnRecord:
-    """Insert a prepared turn with its images and message ids, inside the caller's transaction."""
+    """Insert a prepared turn with its images and message ids, inside the caller's transaction (which
+    has checked the turn it replies to, if any)."""
     turn = new.record
-    if turn.reply_to_turn_id is not None:
-        await _require_turn_in(conn, turn.reply_to_turn_id, turn.conversation_id)
     await _insert_missing_images(conn, new.blobs, turn.created_at)
     result = await conn.execute(
         insert(ConversationTurn).values(
