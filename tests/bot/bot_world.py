@@ -89,7 +89,7 @@ def config_doc(
 
 
 @dataclass
-class World:
+class BotWorld:
     emu: DiscordEmulator
     guild: Guild
     general: Channel

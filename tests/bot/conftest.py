@@ -8,16 +8,16 @@ from pathlib import Path
 import discord
 import pytest
 import pytest_asyncio
-from bot_world import World, config_doc, write_toml
 
 from bot.config import load_config
 from discord_emulator import DiscordEmulator
+from tests.bot.bot_world import BotWorld, config_doc, write_toml
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(
     request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[World]:
+) -> AsyncIterator[BotWorld]:
     """A module may set CONFIG_OVERRIDES = {"section": {key: value}} to start its bot differently."""
     tmp = tmp_path_factory.mktemp("bot-world")
     overrides = getattr(request.module, "CONFIG_OVERRIDES", {})
@@ -33,7 +33,7 @@ async def world(
         write_toml(tmp / "config.toml", doc)
         w_doc = doc
         config = load_config(tmp / "config.toml")
-        w = World(emu, guild, general, {}, owner, manager, config, tmp, doc=w_doc)
+        w = BotWorld(emu, guild, general, {}, owner, manager, config, tmp, doc=w_doc)
         with emu.configure_client():
             await w.start_bot()
             await emu.wait_for(lambda: emu.synced_commands(guild), timeout=30)

@@ -7,16 +7,16 @@ import asyncio
 import json
 
 import pytest
-from bot_world import World, eventually, is_result, png_bytes
 
 from bot.policy import Requester
 from discord_emulator import Upload
 from janus_engine.protocol import GenerateRequest, UnderstandRequest
+from tests.bot.bot_world import BotWorld, eventually, is_result, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-def _understand_for(world: World, user_id: int) -> list[UnderstandRequest]:
+def _understand_for(world: BotWorld, user_id: int) -> list[UnderstandRequest]:
     """Understanding requests the engine accepted for ``user`` (the turns the model was given)."""
     out = []
     for req in world.submitted:
@@ -29,14 +29,14 @@ def _final_text(msg) -> bool:
     return bool(msg.content) and "Queued" not in msg.content and "▌" not in msg.content
 
 
-async def _answered(world: World, itx) -> str:
+async def _answered(world: BotWorld, itx) -> str:
     msg = await world.final(
         itx, lambda m: bool(m.content) and "Queued" not in m.content and "▌" not in m.content
     )
     return msg.content
 
 
-async def test_describe_upload_answers_and_records_job_and_turns(world: World) -> None:
+async def test_describe_upload_answers_and_records_job_and_turns(world: BotWorld) -> None:
     bot = world.bot
     alice = world.user("chat-alice")
     itx = await world.run(alice, world.general, "describe", image=Upload("cat.png", png_bytes(), "image/png"))
@@ -62,7 +62,7 @@ async def test_describe_upload_answers_and_records_job_and_turns(world: World) -
     assert itx.original.id in turns[1].message_ids
 
 
-async def test_chat_memory_is_per_user_and_follow_ups_see_earlier_turns(world: World) -> None:
+async def test_chat_memory_is_per_user_and_follow_ups_see_earlier_turns(world: BotWorld) -> None:
     """Two users chat in the same channel at the same time; each follow-up carries only its own history."""
     ann, ben = world.user("mem-ann"), world.user("mem-ben")
 
@@ -84,7 +84,7 @@ async def test_chat_memory_is_per_user_and_follow_ups_see_earlier_turns(world: W
 
 
 async def test_mention_then_reply_continues_the_conversation_and_others_replies_do_not_join_it(
-    world: World,
+    world: BotWorld,
 ) -> None:
     emu = world.emu
     cara, dan = world.user("mention-cara"), world.user("mention-dan")
@@ -108,7 +108,7 @@ async def test_mention_then_reply_continues_the_conversation_and_others_replies_
     assert len(dans.turns) == 1
 
 
-async def test_describe_image_context_menu_and_describe_button(world: World) -> None:
+async def test_describe_image_context_menu_and_describe_button(world: BotWorld) -> None:
     emu, bot = world.emu, world.bot
     eve = world.user("menu-eve")
     posted = await emu.send_message(
@@ -135,7 +135,7 @@ async def test_describe_image_context_menu_and_describe_button(world: World) -> 
     assert any(isinstance(r, GenerateRequest) and r.prompt == "a small house" for r in world.submitted)
 
 
-async def test_history_export_and_forget(world: World) -> None:
+async def test_history_export_and_forget(world: BotWorld) -> None:
     emu = world.emu
     fay = world.user("hist-fay")
     chat = await world.run(fay, world.general, "chat", message=f"[{fay.id}] hello there")
@@ -160,7 +160,7 @@ async def test_history_export_and_forget(world: World) -> None:
     assert emu.failures == []
 
 
-async def test_direct_messages_need_no_mention_and_have_their_own_memory(world: World) -> None:
+async def test_direct_messages_need_no_mention_and_have_their_own_memory(world: BotWorld) -> None:
     emu = world.emu
     gus = world.user("dm-gus")
     dm = emu.dm_channel(gus)
@@ -174,7 +174,7 @@ async def test_direct_messages_need_no_mention_and_have_their_own_memory(world: 
     assert len(_understand_for(world, gus.id)[1].turns) == 3
 
 
-async def test_chat_with_an_image_sends_it_to_the_model(world: World) -> None:
+async def test_chat_with_an_image_sends_it_to_the_model(world: BotWorld) -> None:
     hal = world.user("img-hal")
     itx = await world.run(
         hal,

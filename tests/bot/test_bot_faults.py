@@ -7,7 +7,8 @@ import os
 import signal
 
 import pytest
-from bot_world import World, eventually, finished_job, is_result
+
+from tests.bot.bot_world import BotWorld, eventually, finished_job, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -17,7 +18,7 @@ def _cancel_id(msg) -> str | None:
     return ids[0].split(":")[2] if ids else None
 
 
-async def _running(world: World, itx) -> str:
+async def _running(world: BotWorld, itx) -> str:
     """Wait until the job shows a progress bar; return its job id."""
     msg = await world.emu.wait_for(
         lambda: (
@@ -30,7 +31,7 @@ async def _running(world: World, itx) -> str:
     return _cancel_id(msg)
 
 
-async def test_result_goes_out_as_a_channel_message_after_the_token_expires(world: World) -> None:
+async def test_result_goes_out_as_a_channel_message_after_the_token_expires(world: BotWorld) -> None:
     emu = world.emu
     user = world.user("late-lena")
     itx = await world.run(user, world.general, "imagine", prompt="a slow sunrise @everyone", count=4)
@@ -56,7 +57,7 @@ async def test_result_goes_out_as_a_channel_message_after_the_token_expires(worl
     assert itx.original.custom_ids() == [] and not itx.original.attachments
 
 
-async def test_worker_killed_mid_job_fails_that_job_clearly_and_the_next_one_works(world: World) -> None:
+async def test_worker_killed_mid_job_fails_that_job_clearly_and_the_next_one_works(world: BotWorld) -> None:
     bot = world.bot
     user = world.user("crash-carl")
     itx = await world.run(user, world.general, "imagine", prompt="a fragile vase", count=2)
@@ -77,7 +78,7 @@ async def _idle(bot) -> bool:
     return all(w.state == "idle" for w in bot.engine.status().workers)
 
 
-async def test_buttons_work_after_a_full_restart_and_interrupted_jobs_are_closed(world: World) -> None:
+async def test_buttons_work_after_a_full_restart_and_interrupted_jobs_are_closed(world: BotWorld) -> None:
     emu = world.emu
     user = world.user("restart-rita")
     done = await world.run(user, world.general, "imagine", prompt="an old photograph", seed=5)

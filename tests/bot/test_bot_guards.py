@@ -9,15 +9,15 @@ import os
 import signal
 
 import pytest
-from bot_world import World, eventually, finished_jobs, is_result, png_bytes, write_toml
 
 from bot.policy import Requester
 from discord_emulator import EmulatorUsageError, Upload
+from tests.bot.bot_world import BotWorld, eventually, finished_jobs, is_result, png_bytes, write_toml
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-async def _refused(world: World, itx, *needles: str) -> str:
+async def _refused(world: BotWorld, itx, *needles: str) -> str:
     """The interaction ended in one ephemeral message containing every needle (never a failure)."""
     assert not itx.failed
     msg = await world.emu.wait_for(
@@ -30,7 +30,7 @@ async def _refused(world: World, itx, *needles: str) -> str:
     return msg.content
 
 
-async def _nothing_stored(world: World, user) -> None:
+async def _nothing_stored(world: BotWorld, user) -> None:
     bot = world.bot
     assert await bot.store.list_jobs(user_id=user.id) == []
     who = Requester(user_id=user.id, guild_id=world.guild.id, channel_id=world.general.id)
@@ -52,7 +52,7 @@ async def _nothing_stored(world: World, user) -> None:
     ],
 )
 async def test_bad_uploads_are_refused_with_the_reason(
-    world: World, upload, reason: str, downloaded: bool
+    world: BotWorld, upload, reason: str, downloaded: bool
 ) -> None:
     emu = world.emu
     user = world.user(f"upl-{upload.filename}")
@@ -67,7 +67,7 @@ async def test_bad_uploads_are_refused_with_the_reason(
     await _nothing_stored(world, user)
 
 
-async def test_too_many_images_in_a_mention_is_refused_before_downloading(world: World) -> None:
+async def test_too_many_images_in_a_mention_is_refused_before_downloading(world: BotWorld) -> None:
     emu = world.emu
     user = world.user("upl-many")
     files = [Upload(f"p{i}.png", png_bytes(), "image/png") for i in range(5)]
@@ -82,7 +82,7 @@ async def test_too_many_images_in_a_mention_is_refused_before_downloading(world:
     await _nothing_stored(world, user)
 
 
-async def test_context_menu_on_a_message_without_images(world: World) -> None:
+async def test_context_menu_on_a_message_without_images(world: BotWorld) -> None:
     user = world.user("menu-noimg")
     posted = await world.emu.send_message(user, world.general, "just text")
     itx = await world.emu.context_menu(user, posted, "Describe image")
@@ -90,7 +90,7 @@ async def test_context_menu_on_a_message_without_images(world: World) -> None:
     await _refused(world, itx, "no images")
 
 
-async def test_blocked_and_nsfw_prompts(world: World) -> None:
+async def test_blocked_and_nsfw_prompts(world: BotWorld) -> None:
     user = world.user("pol-prompts")
     itx = await world.run(user, world.general, "imagine", prompt="a FORBIDDEN castle")
     await _refused(world, itx, "does not accept")
@@ -104,7 +104,7 @@ async def test_blocked_and_nsfw_prompts(world: World) -> None:
     await world.final(itx, is_result)
 
 
-async def test_cooldown_and_daily_cap(world: World) -> None:
+async def test_cooldown_and_daily_cap(world: BotWorld) -> None:
     user = world.user("pol-limits")
     world.set_limits(imagine_cooldown_s=120.0, images_per_user_per_day=3)
     try:
@@ -122,7 +122,7 @@ async def test_cooldown_and_daily_cap(world: World) -> None:
         world.set_limits(imagine_cooldown_s=0.0, images_per_user_per_day=100)
 
 
-async def test_two_requests_fired_at_once_cannot_both_pass_the_cooldown(world: World) -> None:
+async def test_two_requests_fired_at_once_cannot_both_pass_the_cooldown(world: BotWorld) -> None:
     """A double click: both interactions arrive before either is answered. Exactly one runs."""
     user = world.user("pol-double")
     world.set_limits(imagine_cooldown_s=120.0)
@@ -143,7 +143,7 @@ async def test_two_requests_fired_at_once_cannot_both_pass_the_cooldown(world: W
         world.set_limits(imagine_cooldown_s=0.0)
 
 
-async def test_engine_user_limit_is_a_clear_message_and_the_job_record_is_closed(world: World) -> None:
+async def test_engine_user_limit_is_a_clear_message_and_the_job_record_is_closed(world: BotWorld) -> None:
     """max_queued_per_user = 2: with one job running and two queued, a fourth is refused at once."""
     user = world.user("pol-engine")
     itxs = [await world.run(user, world.general, "imagine", prompt=f"a boat {i}", count=4) for i in range(3)]
@@ -159,7 +159,7 @@ async def test_engine_user_limit_is_a_clear_message_and_the_job_record_is_closed
     assert failed.error and failed.prompt == "a boat 3"
 
 
-async def test_settings_need_manage_server_and_disable_a_channel(world: World) -> None:
+async def test_settings_need_manage_server_and_disable_a_channel(world: BotWorld) -> None:
     emu = world.emu
     user = world.user("set-user")
     quiet = world.channel("quiet")
@@ -189,7 +189,7 @@ async def test_settings_need_manage_server_and_disable_a_channel(world: World) -
     assert any(e.actor_id == world.manager.id for e in audit)
 
 
-async def test_shared_scope_lets_a_channel_share_one_conversation(world: World) -> None:
+async def test_shared_scope_lets_a_channel_share_one_conversation(world: BotWorld) -> None:
     lounge = world.channel("lounge")
     a, b = world.user("share-a"), world.user("share-b")
     itx = await world.run(world.manager, lounge, "settings scope", scope="shared")
@@ -203,7 +203,7 @@ async def test_shared_scope_lets_a_channel_share_one_conversation(world: World) 
     assert req.turns[0].text == "the password is swordfish"
 
 
-async def test_admin_is_for_owners_and_reload_keeps_the_old_config_when_invalid(world: World) -> None:
+async def test_admin_is_for_owners_and_reload_keeps_the_old_config_when_invalid(world: BotWorld) -> None:
     emu, bot = world.emu, world.bot
     user = world.user("adm-user")
     itx = await world.run(user, world.general, "admin stats")
@@ -233,7 +233,7 @@ async def test_admin_is_for_owners_and_reload_keeps_the_old_config_when_invalid(
     assert emu.failures == []
 
 
-async def test_help_queue_and_cancel_commands(world: World) -> None:
+async def test_help_queue_and_cancel_commands(world: BotWorld) -> None:
     user = world.user("jobs-user")
     help_ = await world.run(user, world.general, "help")
     assert help_.ephemeral and "/imagine" in help_.original.content
@@ -252,7 +252,7 @@ async def test_help_queue_and_cancel_commands(world: World) -> None:
     await _refused(world, none_left, "no queued or running jobs")
 
 
-async def test_full_queue_is_refused_with_a_clear_message(world: World) -> None:
+async def test_full_queue_is_refused_with_a_clear_message(world: BotWorld) -> None:
     """max_queue = 8: with one job running and eight waiting, the next one is refused at once."""
     first_user = world.user("busy-first")
     accepted = [await world.run(first_user, world.general, "imagine", prompt="a crowd", count=4)]
@@ -278,7 +278,7 @@ async def _state_is(engine, user_id: int, state: str) -> bool:
     return any(info.state == state for info in engine.jobs_of(str(user_id)))
 
 
-async def test_sighup_reloads_the_config_file(world: World) -> None:
+async def test_sighup_reloads_the_config_file(world: BotWorld) -> None:
     path = world.tmp / "config.toml"
     doc = {k: dict(v) for k, v in world.doc.items()}
     doc["limits"] = {**doc["limits"], "chat_cooldown_s": 7.0}
@@ -292,11 +292,11 @@ async def test_sighup_reloads_the_config_file(world: World) -> None:
         await eventually(lambda: _cooldown_is(world, 0.0))
 
 
-async def _cooldown_is(world: World, value: float) -> bool:
+async def _cooldown_is(world: BotWorld, value: float) -> bool:
     return world.bot.config.limits.chat_cooldown_s == value
 
 
-async def test_server_defaults_and_nsfw_policy_from_settings(world: World) -> None:
+async def test_server_defaults_and_nsfw_policy_from_settings(world: BotWorld) -> None:
     user = world.user("defaults-user")
     itx = await world.run(world.manager, world.general, "settings defaults", count=2, guidance=3.0)
     assert "default_count=2" in itx.original.content

@@ -6,12 +6,13 @@ import asyncio
 import itertools
 
 import pytest
-from bot_world import World, finished_job, is_result
+
+from tests.bot.bot_world import BotWorld, finished_job, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-async def test_imagine_shows_progress_then_images_with_buttons(world: World) -> None:
+async def test_imagine_shows_progress_then_images_with_buttons(world: BotWorld) -> None:
     bot = world.bot
     alice = world.user("alice")
     itx = await world.run(alice, world.general, "imagine", prompt="a red fox @everyone", count=2, seed=7)
@@ -56,7 +57,7 @@ def _custom_ids(revision) -> list[str]:
     return out
 
 
-async def test_reroll_uses_a_new_seed_and_edit_prompt_opens_a_prefilled_modal(world: World) -> None:
+async def test_reroll_uses_a_new_seed_and_edit_prompt_opens_a_prefilled_modal(world: BotWorld) -> None:
     emu = world.emu
     bob = world.user("bob")
     itx = await world.run(bob, world.general, "imagine", prompt="a blue whale", seed=11)
@@ -82,7 +83,7 @@ async def test_reroll_uses_a_new_seed_and_edit_prompt_opens_a_prefilled_modal(wo
     assert edited_job.prompt == "a green whale" and edited_job.params["guidance"] == 5.0
 
 
-async def test_only_the_requester_can_delete(world: World) -> None:
+async def test_only_the_requester_can_delete(world: BotWorld) -> None:
     emu = world.emu
     dave, erin = world.user("dave"), world.user("erin")
     itx = await world.run(dave, world.general, "imagine", prompt="a lighthouse")
@@ -97,7 +98,7 @@ async def test_only_the_requester_can_delete(world: World) -> None:
     await emu.wait_for(lambda: msg.deleted)
 
 
-async def test_cancel_button_while_running(world: World) -> None:
+async def test_cancel_button_while_running(world: BotWorld) -> None:
     emu, bot = world.emu, world.bot
     frank = world.user("frank")
     itx = await world.run(frank, world.general, "imagine", prompt="a slow mountain", count=4)
@@ -123,7 +124,7 @@ async def test_cancel_button_while_running(world: World) -> None:
     await asyncio.sleep(0)
 
 
-async def test_several_users_at_once_each_get_their_own_images(world: World) -> None:
+async def test_several_users_at_once_each_get_their_own_images(world: BotWorld) -> None:
     users = [world.user(f"crowd-{i}") for i in range(3)]
     itxs = await asyncio.gather(
         *(
@@ -143,7 +144,7 @@ async def test_several_users_at_once_each_get_their_own_images(world: World) -> 
     assert alone.attachments[0].data == results[0].attachments[0].data
 
 
-async def test_images_are_fitted_to_the_servers_upload_limit(world: World) -> None:
+async def test_images_are_fitted_to_the_servers_upload_limit(world: BotWorld) -> None:
     user = world.user("small-uploads")
     saved = world.guild.upload_limit
     world.guild.upload_limit = 2000  # smaller than the tiny model's PNGs (about 2.5 kB)
@@ -158,7 +159,7 @@ async def test_images_are_fitted_to_the_servers_upload_limit(world: World) -> No
     assert not any(r.status == 413 for r in world.emu.rejections)
 
 
-async def test_forgetting_everything_while_a_job_runs_still_delivers_its_images(world: World) -> None:
+async def test_forgetting_everything_while_a_job_runs_still_delivers_its_images(world: BotWorld) -> None:
     """/forget everywhere deletes the job record mid-run; the images must still arrive and stay."""
     emu = world.emu
     hana = world.user("hana")

@@ -4,7 +4,8 @@ keeps serving (the engine recycles the stuck worker)."""
 from __future__ import annotations
 
 import pytest
-from bot_world import World, eventually, finished_job, is_result
+
+from tests.bot.bot_world import BotWorld, eventually, finished_job, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 CONFIG_OVERRIDES = {"engine": {"job_timeout_s": 1.0}, "understanding": {"max_new_tokens": 4}}
 
 
-async def test_timed_out_job_gets_a_clear_message(world: World) -> None:
+async def test_timed_out_job_gets_a_clear_message(world: BotWorld) -> None:
     user = world.user("timeout-tom")
     itx = await world.run(user, world.general, "imagine", prompt="an endless staircase", count=2)
     final = await world.final(itx, lambda m: "Sorry, this failed" in m.content, timeout=30)
@@ -29,5 +30,5 @@ async def test_timed_out_job_gets_a_clear_message(world: World) -> None:
     assert world.emu.failures == []
 
 
-async def _idle(world: World) -> bool:
+async def _idle(world: BotWorld) -> bool:
     return all(w.state == "idle" for w in world.bot.engine.status().workers)

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import discord
 import pytest
-from emulated_bot import Observed, Scene, start_bot, stop_bot
 
 from discord_emulator import DiscordEmulator
+from tests.emulator.emulated_bot import Observed, Scene, start_bot, stop_bot
 
 
 @pytest.fixture

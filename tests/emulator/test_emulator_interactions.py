@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import discord
 import pytest
-from emulated_bot import Scene
 
 from discord_emulator import EmulatorUsageError, Upload
+from tests.emulator.emulated_bot import Scene
 
 
 async def test_commands_synced_to_the_guild_with_ids_and_permissions(scene: Scene) -> None:

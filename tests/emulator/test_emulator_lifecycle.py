@@ -6,9 +6,9 @@ import asyncio
 
 import discord
 import pytest
-from emulated_bot import EmulatedTestBot, Observed, start_bot, stop_bot
 
 from discord_emulator import DiscordEmulator
+from tests.emulator.emulated_bot import EmulatedTestBot, Observed, start_bot, stop_bot
 
 
 async def test_global_sync_and_login_identity_match_the_application() -> None:

@@ -6,7 +6,8 @@ import io
 
 import discord
 import pytest
-from emulated_bot import Scene
+
+from tests.emulator.emulated_bot import Scene
 
 
 async def test_late_first_response_is_an_interaction_failure_and_rejected_with_10062(scene: Scene) -> None:

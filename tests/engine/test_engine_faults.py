@@ -11,11 +11,11 @@ import signal
 
 import pytest
 import pytest_asyncio
-from engine_helpers import chat_request, collect, gen_request, tiny_engine_config
 
 from janus_engine.engine import JanusEngine
 from janus_engine.errors import JobFailed
 from janus_engine.protocol import Cancelled, Failed, Progress, Queued, Started, UnderstandResult
+from tests.engine.engine_helpers import chat_request, collect, gen_request, tiny_engine_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -9,7 +9,6 @@ import os
 
 import pytest
 import pytest_asyncio
-from engine_helpers import chat_request, collect, gen_request, tiny_engine_config
 
 from janus_engine.engine import JanusEngine
 from janus_engine.errors import InvalidRequest, JobCancelled, QueueFull, UserLimitReached
@@ -24,6 +23,7 @@ from janus_engine.protocol import (
     TextDelta,
     UnderstandResult,
 )
+from tests.engine.engine_helpers import chat_request, collect, gen_request, tiny_engine_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

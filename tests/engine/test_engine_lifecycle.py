@@ -11,12 +11,12 @@ import shutil
 import signal
 
 import pytest
-from engine_helpers import chat_request, collect, gen_request, tiny_engine_config
 
 import janus_engine.engine as engine_module
 from janus_engine.engine import JanusEngine
 from janus_engine.errors import ModelNotAvailable, QueueFull
 from janus_engine.protocol import Failed, Progress, UnderstandResult
+from tests.engine.engine_helpers import chat_request, collect, gen_request, tiny_engine_config
 
 
 async def _wait_for(predicate, timeout: float = 60.0) -> None:

@@ -7,10 +7,10 @@ import gc
 import multiprocessing
 
 import pytest
-from engine_helpers import Bulky, FailingRuntime, cuda_error, gen_request, serve_failing_runtime
 
 from janus_engine.ipc import BatchFinished, RunBatch
 from janus_engine.worker import DEVICE_ERROR_EXIT, _Channel, is_unrecoverable_device_error, run_batch
+from tests.engine.engine_helpers import Bulky, FailingRuntime, cuda_error, gen_request, serve_failing_runtime
 
 
 class AcceleratorError(RuntimeError):
