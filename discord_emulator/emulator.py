@@ -588,14 +588,14 @@ class DiscordEmulator:
         return list(self.world.guild_commands.get(guild.id, []))
 
     async def wait_for(
-        self, predicate: Callable[[], T], timeout: float = 10.0, message: str | None = None
+        self, predicate: Callable[[], T | None], timeout: float = 10.0, message: str | None = None
     ) -> T:
-        """Poll `predicate` until it returns something truthy, and return that."""
+        """Poll `predicate` until it returns something truthy (not None), and return that."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             value = predicate()
-            if value:
+            if value is not None and value:
                 return value
             if loop.time() >= deadline:
                 raise TimeoutError(f"timed out after {timeout:g} s waiting for {message or predicate}")

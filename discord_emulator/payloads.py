@@ -429,7 +429,7 @@ def modal_submit_components(modal: dict[str, Any], values: dict[str, Any]) -> li
     unused = set(values)
 
     def answer(component: dict[str, Any]) -> dict[str, Any]:
-        custom_id = component.get("custom_id")
+        custom_id = str(component.get("custom_id", ""))
         kind = component.get("type")
         out: dict[str, Any] = {"type": kind, "custom_id": custom_id}
         if "id" in component:

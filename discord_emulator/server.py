@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from discord_emulator import rules
 from discord_emulator.gateway import Gateway
@@ -68,12 +68,14 @@ async def read_body(request: web.Request) -> tuple[dict[str, Any], dict[int, Upl
         files: dict[int, Upload] = {}
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart: Discord's clients never send one
             name = part.name or ""
-            data = await part.read()  # type: ignore[union-attr]
+            data = await part.read()
             if name == "payload_json":
                 payload = json.loads(bytes(data).decode())
             elif match := FILE_FIELD.fullmatch(name):
-                files[int(match.group(1))] = Upload(part.filename or f"file{match.group(1)}", bytes(data))  # type: ignore[union-attr]
+                files[int(match.group(1))] = Upload(part.filename or f"file{match.group(1)}", bytes(data))
         return payload, files
     if request.can_read_body:
         text = await request.text()
@@ -287,7 +289,8 @@ class RestApi:
         guild_id = self._command_scope(request)
         payload, _ = await read_body(request)
         existing = self.world.commands_for(guild_id)
-        commands = [self._normalise_command(raw, guild_id, existing) for raw in payload]
+        raws = cast(list[dict[str, Any]], payload)  # a bulk overwrite sends a JSON array
+        commands = [self._normalise_command(raw, guild_id, existing) for raw in raws]
         self._store_commands(guild_id, commands)
         return json_response(commands)
 

@@ -98,6 +98,10 @@ class Member:
         return self.user.id
 
     @property
+    def mention(self) -> str:
+        return self.user.mention
+
+    @property
     def permissions(self) -> int:
         """Guild-level permissions as Discord computes them (owner and ADMINISTRATOR get everything)."""
         if self.guild.owner_id == self.user.id:
