@@ -1,18 +1,68 @@
 """Engine configuration: one frozen object, built once (by the bot's config loader, the CLI or a test)
 and passed down. Nothing in the engine reads environment variables or files on its own.
+
+Each tunable is declared once, here, with its default and its bounds (:func:`setting`). The bounds live in
+the field's metadata, where :class:`EngineSettings` checks them and where a reader of a config file (the
+bot's ``[engine]`` table) finds them: the bot parses its table straight into :class:`EngineSettings`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from janus_engine.errors import InvalidRequest
 from janus_engine.protocol import ModelSpec
 
+T = TypeVar("T")
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """How many workers, how big the queue, how jobs are batched and when they give up.
+
+def setting(default: T, *, lo: float | None = None, hi: float | None = None) -> T:
+    """A dataclass field whose default and bounds (inclusive, ``None`` = unbounded) are declared together.
+
+    The bounds go in ``field.metadata`` as ``{"lo": ..., "hi": ...}`` (only those given)."""
+    bounds = {name: value for name, value in (("lo", lo), ("hi", hi)) if value is not None}
+    result: Any = field(default=default, metadata=bounds)
+    return result  # typed as the default, so `max_queue: int = setting(64, lo=1)` reads as a plain default
+
+
+def check_bounds(obj: object) -> None:
+    """Every dataclass field of ``obj`` lies within the bounds its :func:`setting` declared."""
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        if lo is not None and value < lo:
+            raise InvalidRequest(f"Engine setting {f.name} must be at least {lo} (got {value}).")
+        if hi is not None and value > hi:
+            raise InvalidRequest(f"Engine setting {f.name} must be at most {hi} (got {value}).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSettings:
+    """The engine's operator tunables: how big the queue, how jobs are batched and when they give up.
+
+    This is the bot's ``[engine]`` table, key for key."""
+
+    max_queue: int = setting(64, lo=1, hi=100_000)  # QueueFull past this many queued (not running) jobs
+    max_queued_per_user: int = setting(4, lo=1, hi=1000)  # UserLimitReached
+    max_running_per_user: int = setting(2, lo=1, hi=1000)  # a user at this cap is skipped, not refused
+    max_images_per_batch: int = setting(16, lo=1, hi=64)  # generation batch bound (sum of n_images)
+    max_understand_batch: int = setting(8, lo=1, hi=64)  # understanding batch bound (requests)
+    batch_window_s: float = setting(0.05, lo=0.0, hi=10.0)  # how long a fresh job waits for companions
+    job_timeout_s: float = setting(
+        600.0, lo=1.0, hi=86_400.0
+    )  # a batch running longer fails; worker recycled
+    worker_start_timeout_s: float = setting(600.0, lo=1.0, hi=86_400.0)
+    # Decoding steps between preview images, applied to generate requests that ask for none (0 = none).
+    preview_every: int = setting(96, lo=0, hi=10_000)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig(EngineSettings):
+    """The settings plus what to run them on: the model and one worker process per device.
 
     ``model.device`` is ignored: ``devices`` decides, one worker process per entry ("cuda:0", "cuda:1",
     "cpu", or "auto" = cuda when the worker sees a GPU, else cpu).
@@ -20,39 +70,25 @@ class EngineConfig:
 
     model: ModelSpec
     devices: tuple[str, ...] = ("cpu",)
-    max_queue: int = 64  # QueueFull past this many queued (not yet running) jobs: backpressure
-    max_queued_per_user: int = 4  # UserLimitReached
-    max_running_per_user: int = 2  # a user at this cap is skipped by the dispatcher, not refused
-    max_images_per_batch: int = 16  # generation batch bound (sum of n_images)
-    max_understand_batch: int = 8  # understanding batch bound (requests)
-    batch_window_s: float = 0.05  # how long a fresh job waits for companions before it is dispatched
-    job_timeout_s: float = 600.0  # a batch running longer fails and its worker is recycled
-    worker_start_timeout_s: float = 600.0
-    preview_every: int = 0  # applied to generate requests that ask for none (0 = no previews)
-    restart_backoff_max_s: float = 30.0  # cap of the delay between failed worker restarts
+    restart_backoff_max_s: float = setting(30.0, lo=0.0)  # cap of the delay between failed worker restarts
     # Testing / benchmark aid: the worker sleeps this long once per decoding step, so that "mid-job"
     # and "timeout" are deterministic with a tiny model whose whole job takes milliseconds.
-    step_delay_s: float = 0.0
+    step_delay_s: float = setting(0.0, lo=0.0)
 
     def __post_init__(self) -> None:
         if not self.devices:
             raise InvalidRequest("The engine needs at least one device.")
-        positive_ints = {
-            "max_queue": self.max_queue,
-            "max_queued_per_user": self.max_queued_per_user,
-            "max_running_per_user": self.max_running_per_user,
-            "max_images_per_batch": self.max_images_per_batch,
-            "max_understand_batch": self.max_understand_batch,
-        }
-        for name, value in positive_ints.items():
-            if value < 1:
-                raise InvalidRequest(f"Engine setting {name} must be at least 1 (got {value}).")
-        for name, value in {
-            "batch_window_s": self.batch_window_s,
-            "step_delay_s": self.step_delay_s,
-            "preview_every": self.preview_every,
-        }.items():
-            if value < 0:
-                raise InvalidRequest(f"Engine setting {name} must not be negative (got {value}).")
-        if self.job_timeout_s <= 0 or self.worker_start_timeout_s <= 0:
-            raise InvalidRequest("Engine timeouts must be positive.")
+        super().__post_init__()
+
+    @classmethod
+    def from_settings(
+        cls, settings: EngineSettings, *, model: ModelSpec, devices: tuple[str, ...]
+    ) -> EngineConfig:
+        """An engine config that runs ``settings`` on ``model`` with one worker per device."""
+        tunables = {f.name: getattr(settings, f.name) for f in fields(EngineSettings)}
+        return cls(model=model, devices=devices, **tunables)
+
+    @property
+    def settings(self) -> EngineSettings:
+        """The tunables alone (what the bot's ``[engine]`` table holds)."""
+        return EngineSettings(**{f.name: getattr(self, f.name) for f in fields(EngineSettings)})
