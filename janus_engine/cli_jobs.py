@@ -45,6 +45,7 @@ def _engine_config(args: argparse.Namespace, jobs: int) -> EngineConfig:
         max_queue=max(jobs, 1),
         max_queued_per_user=max(jobs, 1),
         max_running_per_user=max(jobs, 1),
+        preview_every=0,  # the progress bar shows no previews: decoding them would only cost time
     )
 
 
