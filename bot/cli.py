@@ -1,7 +1,8 @@
 """The ``janus-bot`` command.
 
 Every subcommand imports its implementation lazily, so ``janus-bot --help`` and the bot-facing commands
-start fast and never pull torch into a process that does not need it. Errors this package raises on
+start fast and never pull torch into a process that does not need it (the logging set-up comes from
+:mod:`bot.launcher`, whose own heavy imports wait for its commands). Errors this package raises on
 purpose (``JanusError`` and ``ConfigError``) end with one readable line and exit status 2, never a
 traceback.
 """
@@ -9,10 +10,13 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+
+from bot.config import ConfigError
+from bot.launcher import setup_logging
+from janus_engine.errors import JanusError
 
 DEFAULT_MODEL = "deepseek-community/Janus-Pro-7B"
 
@@ -36,11 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="connect to Discord and serve (token from the env var named in the config)"
     )
     p.add_argument("--config", default="config.toml", help="the admin config file (default: %(default)s)")
-    p.set_defaults(handler="bot.app:run_command")
+    p.set_defaults(handler="bot.launcher:run_command")
 
     p = sub.add_parser("check", help="validate the config, the database and the model")
     p.add_argument("--config", default="config.toml", help="the admin config file (default: %(default)s)")
-    p.set_defaults(handler="bot.app:check_command")
+    p.set_defaults(handler="bot.launcher:check_command")
 
     p = sub.add_parser("demo", help="offline demo: Discord emulator + bot + tiny model, prints a transcript")
     p.add_argument("-o", "--output", default="demo-output", help="folder for images and the transcript")
@@ -101,19 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One torch thread unless told otherwise: two threads on small machines are erratic (see docs).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from janus_engine.errors import JanusError
-
-    known: tuple[type[BaseException], ...] = (JanusError,)
-    try:
-        from bot.config import ConfigError
-
-        known = (JanusError, ConfigError)
-    except ImportError:  # pragma: no cover - config module absent in a partial install
-        pass
+    setup_logging(verbose=args.verbose)
+    known = (JanusError, ConfigError)
     try:
         return int(_resolve(args.handler)(args) or 0)
     except known as exc:

@@ -21,13 +21,27 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
-from bot.formatting import plural, quote_prompt, split_message
-from bot.store.records import JobKind, JobRecord, JobStatus
-from bot.views import retry_view
+from bot.formatting import split_message
+from bot.store.records import JobStatus
+from janus_engine.protocol import (
+    Cancelled,
+    Done,
+    Failed,
+    GenerateResult,
+    Progress,
+    Queued,
+    Started,
+    TextDelta,
+    UnderstandResult,
+)
+
+if TYPE_CHECKING:
+    from bot.store import Store
+    from janus_engine.engine import JobHandle
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +52,21 @@ _DEAD_TOKEN_CODES = {50027, 10015, 10062}  # invalid webhook token, unknown webh
 MessageHook = Callable[[int], Awaitable[Any]]
 
 
-class _Announcer:
+class Outlet(Protocol):
+    """Where one job's progress and answer go: :class:`InteractionOutlet` or :class:`MessageOutlet`."""
+
+    on_new_message: MessageHook | None
+
+    async def show(self, content: str, *, file: NamedFile | None = ..., view: Any = ...) -> None: ...
+
+    async def final(
+        self, text: str, *, files: Sequence[NamedFile] = ..., view: Any = ..., ping: bool = ...
+    ) -> list[int]: ...
+
+    async def fail(self, text: str) -> None: ...
+
+
+class _MessageIdRecorder:
     """Tells the job's owner (``on_new_message``) the id of each message that starts showing the job.
 
     The job record keeps those ids, so that after a crash or restart the bot can find the progress
@@ -105,7 +133,7 @@ class LatestProgress:
     queue position that changes twice in a second ends up right, and Discord sees at most one edit per
     interval. :meth:`close` must run before the final answer, so that no late progress edit lands on it."""
 
-    def __init__(self, outlet: Any, interval: float) -> None:
+    def __init__(self, outlet: Outlet, interval: float) -> None:
         self.outlet = outlet
         self.interval = interval
         self._last = float("-inf")
@@ -158,14 +186,64 @@ async def quietly(work: Awaitable[Any], what: str) -> None:
         log.exception("could not %s", what)
 
 
-async def finish_if_open(bot: Any, job_id: str, reason: str) -> None:
+async def finish_if_open(store: Store, job_id: str, reason: str) -> None:
     """Mark a job failed unless it already ended (or was forgotten meanwhile)."""
-    job = await bot.store.get_job(job_id)
+    job = await store.get_job(job_id)
     if job is not None and not job.status.is_terminal:
-        await bot.store.finish_job(job_id, JobStatus.FAILED, error=reason)
+        await store.finish_job(job_id, JobStatus.FAILED, error=reason)
 
 
-class InteractionOutlet(_Announcer):
+class JobRender(Protocol):
+    """What one flow (images, or a streamed answer) does with each event of its job.
+
+    :func:`follow_job` closes the progress message before ``done``/``failed``/``cancelled``, and calls
+    ``crashed`` when anything raised; ``delivered`` is set once the result is posted (it then stays)."""
+
+    outlet: Outlet
+    progress: LatestProgress
+    delivered: bool
+
+    async def queued(self, event: Queued) -> None: ...
+    async def started(self, event: Started) -> None: ...
+    async def step(self, event: Progress | TextDelta) -> None: ...
+    async def done(self, result: GenerateResult | UnderstandResult) -> None: ...
+    async def failed(self, reason: str) -> None: ...
+    async def cancelled(self) -> None: ...
+    async def crashed(self) -> str: ...  # bookkeeping; returns the apology shown unless delivered
+
+
+async def follow_job(handle: JobHandle, render: JobRender, what: str) -> None:
+    """Turn a job's events into its message, through ``render``; the endings are handled here once.
+
+    Once the result is posted it stays: a bookkeeping error after that (the job forgotten with /forget
+    meanwhile, a busy database) is logged, never shown in place of the result."""
+    try:
+        async for event in handle:
+            match event:
+                case Queued():
+                    await render.queued(event)
+                case Started():
+                    await render.started(event)
+                case Progress() | TextDelta():
+                    await render.step(event)
+                case Done(result=result):
+                    await render.progress.close()
+                    await render.done(result)
+                case Failed(reason=reason):
+                    await render.progress.close()
+                    await render.failed(reason)
+                case Cancelled():
+                    await render.progress.close()
+                    await render.cancelled()
+    except Exception:
+        log.exception("following %s failed", what)
+        await render.progress.close()
+        apology = await render.crashed()
+        if not render.delivered:
+            await render.outlet.fail(apology)
+
+
+class InteractionOutlet(_MessageIdRecorder):
     """Progress and results of one interaction: its original response, then the channel after expiry."""
 
     def __init__(
@@ -307,7 +385,7 @@ class InteractionOutlet(_Announcer):
         await self.show(text, view=None, clear_files=True)
 
 
-class MessageOutlet(_Announcer):
+class MessageOutlet(_MessageIdRecorder):
     """Answers a plain message (an @mention or a reply) with a reply that is then edited as text streams."""
 
     def __init__(self, message: discord.Message, *, on_new_message: MessageHook | None = None) -> None:
@@ -356,36 +434,3 @@ class MessageOutlet(_Announcer):
 
     async def fail(self, text: str) -> None:
         await self.show(text, view=None)
-
-
-INTERRUPTED = "This job was interrupted: the bot restarted before it finished."
-
-
-async def report_interrupted(client: discord.Client, jobs: Sequence[JobRecord]) -> None:
-    """After a restart, edit the messages of jobs the previous process left unfinished to say so.
-
-    Without this, a user would be left looking at a progress bar that never moves and a Cancel button
-    that answers "already ended". An /imagine job gets Re-roll and Edit prompt buttons, so running it
-    again is one click; a question is asked again by the user. Uses only REST (the bot's own messages),
-    so it works before the gateway is ready and long after the interaction token died."""
-    for job in jobs:
-        if job.channel_id is None or not job.message_ids:
-            continue
-        channel = client.get_partial_messageable(job.channel_id)
-        view: Any = None
-        if job.kind == JobKind.IMAGINE:
-            count = int(job.params.get("count", 1))
-            text = (
-                f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(count, 'image')}\n"
-                f"{INTERRUPTED} Press Re-roll to run it again."
-            )
-            view = retry_view(job.id)
-        else:
-            text = f"{INTERRUPTED} Please ask again."
-        for message_id in job.message_ids:
-            try:
-                await channel.get_partial_message(message_id).edit(
-                    content=text, attachments=[], view=view, allowed_mentions=NO_PINGS
-                )
-            except discord.HTTPException as exc:  # deleted meanwhile, or no longer visible to the bot
-                log.info("could not update interrupted job %s's message %s: %s", job.id, message_id, exc)

@@ -103,7 +103,10 @@ def _buttons(msg: Any) -> str:
 
 async def _run_demo(output: Path) -> Path:
     from bot.app import JanusBot
+    from bot.store import Store
+    from bot.tokens import load_model_facts
     from discord_emulator import DiscordEmulator, Upload
+    from janus_engine.engine import JanusEngine
 
     out = Transcript()
     output.mkdir(parents=True, exist_ok=True)
@@ -142,18 +145,23 @@ async def _run_demo(output: Path) -> Path:
                 out.say(
                     "starting the bot: store (SQLite, migrations), engine worker (tiny model), commands ..."
                 )
-                bot = JanusBot(config, engine_config=engine_config, guild_ready_timeout=0.05)
-                task = asyncio.create_task(bot.start(emu.bot_token))
-                try:
-                    await emu.wait_for(lambda: emu.synced_commands(guild) or task.done(), timeout=300)
-                    if task.done():
-                        task.result()
-                    names = sorted(c["name"] for c in emu.synced_commands(guild))
-                    out.say(f"bot online in #{general.name}; commands: {', '.join(names)}")
-                    await _script(emu, bot, general, alice, bob, out, output, Upload)
-                finally:
-                    await bot.close()
-                    await asyncio.wait_for(task, 60)
+                facts = load_model_facts(config)
+                async with (
+                    await Store.open(config.database.url, count_tokens=facts.count_tokens) as store,
+                    JanusEngine(engine_config) as engine,
+                ):
+                    bot = JanusBot(config, store=store, engine=engine, facts=facts, guild_ready_timeout=0.05)
+                    task = asyncio.create_task(bot.start(emu.bot_token))
+                    try:
+                        await emu.wait_for(lambda: emu.synced_commands(guild) or task.done(), timeout=300)
+                        if task.done():
+                            task.result()
+                        names = sorted(c["name"] for c in emu.synced_commands(guild))
+                        out.say(f"bot online in #{general.name}; commands: {', '.join(names)}")
+                        await _script(emu, bot, general, alice, bob, out, output, Upload)
+                    finally:
+                        await bot.close()
+                        await asyncio.wait_for(task, 60)
     transcript = output / "transcript.txt"
     transcript.write_text("\n".join(out.lines) + "\n", encoding="utf-8")
     out.say(f"transcript and images written to {output}/")
@@ -203,7 +211,7 @@ async def _script(
     from bot.policy import Requester
 
     who = Requester(user_id=alice.id, guild_id=channel.guild.id, channel_id=channel.id)
-    conv = await bot.store.resolve_conversation(bot.conversation_key(who, {}))
+    conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, {}))
     turns = await bot.store.list_turns(conv.id)
     images = sum(len(t.image_hashes) for t in turns)
     out.say(

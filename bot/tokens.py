@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import BotConfig
+from bot.store.base import estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,6 @@ JANUS_PRO_CONTEXT = 4096
 # Room for the system prompt and the role markers the chat template adds around the conversation.
 TEMPLATE_OVERHEAD_TOKENS = 80
 TOKENS_PER_TURN = 6
-
-
-def estimate_tokens(text: str) -> int:
-    """Conservative without a tokenizer: about one token per 3 UTF-8 bytes, rounded up."""
-    return (len(text.encode("utf-8")) + 2) // 3
 
 
 @dataclass(frozen=True)

@@ -15,33 +15,34 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.delivery import InteractionOutlet, LatestProgress, MessageOutlet, finish_if_open, quietly
+from bot.delivery import InteractionOutlet, LatestProgress, Outlet, finish_if_open, follow_job, quietly
 from bot.errors import Refusal
 from bot.formatting import clip, queue_line
 from bot.limits import CHAT
 from bot.policy import Requester, check_prompt
 from bot.store import ContextBudget, ConversationRef, JobKind, JobStatus
 from bot.tokens import TOKENS_PER_TURN
+from bot.uploads import check_attachments, read_images
 from bot.views import progress_view
 from janus_engine.errors import InvalidRequest, JanusError, PromptTooLong
 from janus_engine.protocol import (
-    Cancelled,
-    Done,
-    Failed,
+    GenerateResult,
+    Progress,
     Queued,
     Started,
     TextDelta,
     TextSampling,
     Turn,
     UnderstandRequest,
+    UnderstandResult,
 )
 
 if TYPE_CHECKING:
     from bot.app import JanusBot
+    from janus_engine.engine import JobHandle
 
 log = logging.getLogger(__name__)
 
-Outlet = InteractionOutlet | MessageOutlet
 DOWNLOAD_WINDOW_S = 1.5  # of Discord's 3 s to answer, how long attachments may take before we defer
 
 
@@ -72,7 +73,7 @@ def check_question(bot: JanusBot, who: Requester, settings: dict[str, Any], text
 class Submitted:
     """A question the engine accepted; :meth:`follow` streams it into an outlet in the background."""
 
-    handle: Any
+    handle: JobHandle
     conversation: ConversationRef
     job_id: str
 
@@ -80,12 +81,13 @@ class Submitted:
         if q.kind is not None:  # a recorded job: its messages are found again after a restart
             job_id = self.job_id
             outlet.on_new_message = lambda message_id: bot.store.add_job_messages(job_id, [message_id])
-        bot.spawn(_follow(bot, outlet, self.handle, q, self.conversation, self.job_id))
+        bot.run_in_background(_stream_answer(bot, outlet, self.handle, q, self.conversation, self.job_id))
 
 
 async def submit(bot: JanusBot, q: Question) -> Submitted:
     """Build the model context and hand the question to the engine (refusals raise here, synchronously)."""
-    conv = q.conversation or await bot.store.resolve_conversation(bot.conversation_key(q.who, q.settings))
+    key = bot.access.conversation_key(q.who, q.settings)
+    conv = q.conversation or await bot.store.resolve_conversation(key)
     turns = await _model_turns(bot, conv.id, q.text, q.images)
     u = bot.config.understanding
     if q.kind is not None:
@@ -140,60 +142,72 @@ async def _model_turns(
     return (*history, Turn("user", text, tuple(images)))
 
 
-async def _follow(
-    bot: JanusBot, outlet: Outlet, handle: Any, q: Question, conv: ConversationRef, job_id: str
+async def _stream_answer(
+    bot: JanusBot, outlet: Outlet, handle: JobHandle, q: Question, conv: ConversationRef, job_id: str
 ) -> None:
-    """Stream the answer into the outlet, store the exchange, then post the answer.
+    """Stream the answer into the outlet, store the exchange, then post the answer."""
+    await follow_job(handle, _AnswerRender(bot, outlet, q, conv, job_id), f"answering job {job_id}")
 
-    Once the answer is posted it stays: a later bookkeeping error is logged, never shown in its place."""
-    progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
-    cancel_view = progress_view(job_id) if q.kind is not None else None
-    view_kw: dict[str, Any] = {"view": cancel_view} if cancel_view is not None else {}
-    answer = ""
-    started = time.monotonic()
-    delivered = False
-    try:
-        async for event in handle:
-            if isinstance(event, Queued):
-                await progress.update(queue_line(event.position, event.eta_s), **view_kw)
-            elif isinstance(event, Started):
-                if q.kind is not None:
-                    await quietly(bot.store.mark_job_running(job_id), f"mark job {job_id} running")
-            elif isinstance(event, TextDelta):
-                answer += event.text
-                await progress.update(clip(answer + " ▌"), **view_kw)
-            elif isinstance(event, Done):
-                await progress.close()
-                answer = event.result.text.strip() or "(the model gave an empty answer)"
-                bot_turn_id = await _remember(bot, q, conv, answer)
-                ids = await outlet.final(answer, view=None)
-                delivered = True
-                if bot_turn_id is not None:
-                    await bot.store.add_turn_messages(bot_turn_id, ids)
-                if q.kind is not None:
-                    await bot.store.finish_job(
-                        job_id,
-                        JobStatus.DONE,
-                        timings={"total_s": time.monotonic() - started},
-                        message_ids=ids,
-                    )
-            elif isinstance(event, Failed):
-                await progress.close()
-                if q.kind is not None:
-                    await _finish_quietly(bot, job_id, event.reason)
-                await outlet.fail(f"Sorry, that failed: {event.reason}")
-            elif isinstance(event, Cancelled):
-                await progress.close()
-                if q.kind is not None:
-                    await quietly(bot.store.finish_job(job_id, JobStatus.CANCELLED), "record a cancel")
-                await outlet.fail("Cancelled.")
-    except Exception:
-        log.exception("answering job %s failed", job_id)
-        await progress.close()
-        if q.kind is not None:
-            await _finish_quietly(bot, job_id, "The bot hit an internal error while answering.")
-        if not delivered:
-            await outlet.fail("Sorry, something went wrong on our side while answering; it was logged.")
+
+class _AnswerRender:
+    """How a streamed answer looks while it runs and when it ends (see :func:`bot.delivery.follow_job`)."""
+
+    def __init__(
+        self, bot: JanusBot, outlet: Outlet, q: Question, conv: ConversationRef, job_id: str
+    ) -> None:
+        self.bot, self.outlet, self.q, self.conv, self.job_id = bot, outlet, q, conv, job_id
+        self.recorded = q.kind is not None  # a describe job has a record (and a Cancel button)
+        self.progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
+        self.view_kw: dict[str, Any] = {"view": progress_view(job_id)} if self.recorded else {}
+        self.answer = ""
+        self.started_at = time.monotonic()
+        self.delivered = False
+
+    async def queued(self, event: Queued) -> None:
+        await self.progress.update(queue_line(event.position, event.eta_s), **self.view_kw)
+
+    async def started(self, event: Started) -> None:
+        if self.recorded:
+            job_id = self.job_id
+            await quietly(self.bot.store.mark_job_running(job_id), f"mark job {job_id} running")
+
+    async def step(self, event: Progress | TextDelta) -> None:
+        if isinstance(event, TextDelta):
+            self.answer += event.text
+            await self.progress.update(clip(self.answer + " ▌"), **self.view_kw)
+
+    async def done(self, result: GenerateResult | UnderstandResult) -> None:
+        if not isinstance(result, UnderstandResult):
+            raise TypeError(f"a question ended with {type(result).__name__}")
+        bot = self.bot
+        self.answer = result.text.strip() or "(the model gave an empty answer)"
+        bot_turn_id = await _remember(bot, self.q, self.conv, self.answer)
+        ids = await self.outlet.final(self.answer, view=None)
+        self.delivered = True
+        if bot_turn_id is not None:
+            await bot.store.add_turn_messages(bot_turn_id, ids)
+        if self.recorded:
+            await bot.store.finish_job(
+                self.job_id,
+                JobStatus.DONE,
+                timings={"total_s": time.monotonic() - self.started_at},
+                message_ids=ids,
+            )
+
+    async def failed(self, reason: str) -> None:
+        if self.recorded:
+            await _finish_quietly(self.bot, self.job_id, reason)
+        await self.outlet.fail(f"Sorry, that failed: {reason}")
+
+    async def cancelled(self) -> None:
+        if self.recorded:
+            await quietly(self.bot.store.finish_job(self.job_id, JobStatus.CANCELLED), "record a cancel")
+        await self.outlet.fail("Cancelled.")
+
+    async def crashed(self) -> str:
+        if self.recorded:
+            await _finish_quietly(self.bot, self.job_id, "The bot hit an internal error while answering.")
+        return "Sorry, something went wrong on our side while answering; it was logged."
 
 
 async def _remember(bot: JanusBot, q: Question, conv: ConversationRef, answer: str) -> int | None:
@@ -216,7 +230,7 @@ async def _remember(bot: JanusBot, q: Question, conv: ConversationRef, answer: s
 
 
 async def _finish_quietly(bot: JanusBot, job_id: str, reason: str) -> None:
-    await quietly(finish_if_open(bot, job_id, reason), f"record the failure of job {job_id}")
+    await quietly(finish_if_open(bot.store, job_id, reason), f"record the failure of job {job_id}")
 
 
 async def answer_interaction(
@@ -235,10 +249,8 @@ async def answer_interaction(
     Only a download slower than the window is finished after deferring; its errors then replace the
     "thinking" message in public, still saying why.
     """
-    from bot.uploads import check_attachments
-
-    who = bot.requester(interaction)
-    settings = await bot.gate(who)
+    who = bot.access.requester(interaction)
+    settings = await bot.access.admit(who)
     text = check_question(bot, who, settings, text)
     if not text and not attachments:
         raise Refusal("Ask me something (or attach an image).")
@@ -262,8 +274,6 @@ async def _download_and_submit(
     attachments: list[Any],
     kind: JobKind | None,
 ) -> tuple[Submitted, Question]:
-    from bot.uploads import read_images
-
     download = asyncio.ensure_future(read_images(attachments, bot.config.understanding))
     try:
         images = await asyncio.wait_for(asyncio.shield(download), DOWNLOAD_WINDOW_S)

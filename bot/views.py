@@ -1,16 +1,17 @@
 """Buttons that keep working after restarts: DynamicItems whose custom_id carries the job id.
 
 A plain ``ui.View`` dies after 180 s or with the process ("This interaction failed"). Here every button's
-custom_id is ``janus:<action>:<job id>[:<image index>]``; the bot registers the classes once with
-``add_dynamic_items`` and discord.py rebuilds the button from any message's custom_id, after any
-restart. The job's prompt, parameters and owner live in the database, so the button needs nothing else.
-The callbacks only route to the cogs, which hold the behaviour; errors go to the bot's single reporter.
+custom_id is ``janus:<action>:<job id>[:<image index>]``; the cog that owns a button registers its class
+with ``add_dynamic_items`` in ``cog_load``, and discord.py rebuilds the button from any message's
+custom_id, after any restart. The job's prompt, parameters and owner live in the database, so the button
+needs nothing else. The callbacks only route to their cog (found by name, through the small Protocols
+below, so this module imports no cog), which holds the behaviour; errors go to the bot's single reporter.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, runtime_checkable
 
 import discord
 from discord import ui
@@ -21,8 +22,56 @@ if TYPE_CHECKING:
 _JOB = r"(?P<job>[A-Za-z0-9_-]{1,64})"
 
 
-def _bot(interaction: discord.Interaction) -> JanusBot:
-    return interaction.client  # type: ignore[return-value]
+Interaction: TypeAlias = "discord.Interaction[JanusBot]"
+
+
+@runtime_checkable
+class ImagineActions(Protocol):
+    """What the image buttons need from ``ImagineCog``."""
+
+    async def reroll(self, interaction: Interaction, job_id: str) -> None: ...
+    async def open_edit_modal(self, interaction: Interaction, job_id: str) -> None: ...
+    async def submit_edited(self, interaction: Interaction, job_id: str, prompt: str) -> None: ...
+    async def delete_result(self, interaction: Interaction, job_id: str) -> None: ...
+
+
+@runtime_checkable
+class DescribeActions(Protocol):
+    """What the Describe button needs from ``DescribeCog``."""
+
+    async def describe_generated(self, interaction: Interaction, job_id: str, index: int) -> None: ...
+
+
+@runtime_checkable
+class JobActions(Protocol):
+    """What the Cancel button needs from ``JobsCog``."""
+
+    async def cancel_from_button(self, interaction: Interaction, job_id: str) -> None: ...
+
+
+def _cog(interaction: Interaction, name: str) -> object:
+    cog = interaction.client.get_cog(name)
+    if cog is None:
+        raise RuntimeError(f"the {name} cog is not loaded")
+    return cog
+
+
+def imagine_actions(interaction: Interaction) -> ImagineActions:
+    cog = _cog(interaction, "ImagineCog")
+    assert isinstance(cog, ImagineActions)
+    return cog
+
+
+def describe_actions(interaction: Interaction) -> DescribeActions:
+    cog = _cog(interaction, "DescribeCog")
+    assert isinstance(cog, DescribeActions)
+    return cog
+
+
+def job_actions(interaction: Interaction) -> JobActions:
+    cog = _cog(interaction, "JobsCog")
+    assert isinstance(cog, JobActions)
+    return cog
 
 
 class _JobButton:
@@ -42,50 +91,52 @@ class _JobButton:
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: ui.Button, match: re.Match[str], /
-    ) -> _JobButton:
+        cls, interaction: discord.Interaction[Any], item: ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(match["job"])
 
-    async def callback(self, interaction: discord.Interaction) -> Any:
-        bot = _bot(interaction)
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        itx: Interaction = interaction  # the client is the JanusBot (these items are its own)
         try:
-            await self.run(bot, interaction)
+            await self.run(itx)
         except Exception as exc:
-            await bot.report_error(interaction, exc)
+            await itx.client.report_error(itx, exc)
 
-    async def run(self, bot: JanusBot, interaction: discord.Interaction) -> None:
+    async def run(self, interaction: Interaction) -> None:
         raise NotImplementedError
 
 
-class CancelButton(_JobButton, ui.DynamicItem[ui.Button], template=rf"janus:cancel:{_JOB}"):
+class CancelButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:cancel:{_JOB}"):
     action, label, style = "cancel", "Cancel", discord.ButtonStyle.danger
 
-    async def run(self, bot: JanusBot, interaction: discord.Interaction) -> None:
-        await bot.jobs_cog.cancel_from_button(interaction, self.job_id)
+    async def run(self, interaction: Interaction) -> None:
+        await job_actions(interaction).cancel_from_button(interaction, self.job_id)
 
 
-class RerollButton(_JobButton, ui.DynamicItem[ui.Button], template=rf"janus:reroll:{_JOB}"):
+class RerollButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:reroll:{_JOB}"):
     action, label, style = "reroll", "Re-roll", discord.ButtonStyle.primary
 
-    async def run(self, bot: JanusBot, interaction: discord.Interaction) -> None:
-        await bot.imagine_cog.reroll(interaction, self.job_id)
+    async def run(self, interaction: Interaction) -> None:
+        await imagine_actions(interaction).reroll(interaction, self.job_id)
 
 
-class EditPromptButton(_JobButton, ui.DynamicItem[ui.Button], template=rf"janus:edit:{_JOB}"):
+class EditPromptButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:edit:{_JOB}"):
     action, label = "edit", "Edit prompt"
 
-    async def run(self, bot: JanusBot, interaction: discord.Interaction) -> None:
-        await bot.imagine_cog.open_edit_modal(interaction, self.job_id)
+    async def run(self, interaction: Interaction) -> None:
+        await imagine_actions(interaction).open_edit_modal(interaction, self.job_id)
 
 
-class DeleteButton(_JobButton, ui.DynamicItem[ui.Button], template=rf"janus:delete:{_JOB}"):
+class DeleteButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:delete:{_JOB}"):
     action, label = "delete", "Delete"
 
-    async def run(self, bot: JanusBot, interaction: discord.Interaction) -> None:
-        await bot.imagine_cog.delete_result(interaction, self.job_id)
+    async def run(self, interaction: Interaction) -> None:
+        await imagine_actions(interaction).delete_result(interaction, self.job_id)
 
 
-class DescribeButton(ui.DynamicItem[ui.Button], template=rf"janus:describe:{_JOB}:(?P<index>\d{{1,2}})"):
+class DescribeButton(
+    ui.DynamicItem[ui.Button[Any]], template=rf"janus:describe:{_JOB}:(?P<index>\d{{1,2}})"
+):
     """Ask Janus about one generated image; the image is read back from the message the button sits on."""
 
     def __init__(self, job_id: str, index: int, *, label: str = "Describe", row: int | None = None) -> None:
@@ -102,19 +153,16 @@ class DescribeButton(ui.DynamicItem[ui.Button], template=rf"janus:describe:{_JOB
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: ui.Button, match: re.Match[str], /
-    ) -> DescribeButton:
+        cls, interaction: discord.Interaction[Any], item: ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
         return cls(match["job"], int(match["index"]))
 
-    async def callback(self, interaction: discord.Interaction) -> Any:
-        bot = _bot(interaction)
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        itx: Interaction = interaction  # the client is the JanusBot (these items are its own)
         try:
-            await bot.describe_cog.describe_generated(interaction, self.job_id, self.index)
+            await describe_actions(itx).describe_generated(itx, self.job_id, self.index)
         except Exception as exc:
-            await bot.report_error(interaction, exc)
-
-
-DYNAMIC_ITEMS = (CancelButton, RerollButton, EditPromptButton, DeleteButton, DescribeButton)
+            await itx.client.report_error(itx, exc)
 
 
 def progress_view(job_id: str) -> ui.View:
@@ -149,7 +197,7 @@ def result_view(job_id: str, n_images: int) -> ui.View:
 class EditPromptModal(ui.Modal, title="Edit prompt"):
     """Pre-filled with the job's prompt; submitting starts a new job with the same parameters."""
 
-    prompt: ui.TextInput = ui.TextInput(
+    prompt: ui.TextInput[Any] = ui.TextInput(
         label="Prompt", custom_id="prompt", style=discord.TextStyle.paragraph, max_length=1000
     )
 
@@ -160,9 +208,13 @@ class EditPromptModal(ui.Modal, title="Edit prompt"):
         self.prompt.default = prompt[:max_chars]
         self.prompt.max_length = max_chars
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        bot = _bot(interaction)
-        try:
-            await bot.imagine_cog.submit_edited(interaction, self.job_id, str(self.prompt.value))
-        except Exception as exc:
-            await bot.report_error(interaction, exc)
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        itx: Interaction = interaction
+        await imagine_actions(itx).submit_edited(itx, self.job_id, str(self.prompt.value))
+
+    # discord.py's Modal.on_error itself drops BaseView.on_error's ``item``; this mirrors Modal's.
+    async def on_error(  # type: ignore[override]
+        self, interaction: discord.Interaction[Any], error: Exception, /
+    ) -> None:
+        itx: Interaction = interaction
+        await itx.client.report_error(itx, error)

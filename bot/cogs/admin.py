@@ -20,7 +20,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Bot own
         super().__init__()
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if not self.bot.is_owner_id(interaction.user.id):
+        if not self.bot.access.is_owner(interaction.user.id):
             # A CheckFailure (not a plain exception) so discord.py hands it to the tree error handler.
             raise app_commands.CheckFailure(
                 "Only the bot's owners (named in its config file) can use /admin."

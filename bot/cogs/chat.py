@@ -13,7 +13,8 @@ import io
 import json
 import logging
 import re
-from typing import TYPE_CHECKING
+from enum import Enum
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from bot.app import JanusBot
 
 log = logging.getLogger(__name__)
+
+
+class _Reply(Enum):
+    NOT_OURS = "a reply to a message of the bot that belongs to no conversation (an image result)"
 
 
 class ChatCog(commands.Cog):
@@ -66,16 +71,16 @@ class ChatCog(commands.Cog):
             if mentioned:
                 await message.reply("Ask me something (or attach an image).", mention_author=False)
             return
-        who = bot.requester_of(message.author, message.channel, message.guild)
+        who = bot.access.requester_of(message.author, message.channel, message.guild)
         reservation = None
         try:
-            settings = await bot.gate(who)
+            settings = await bot.access.admit(who)
             text = check_question(bot, who, settings, text)
             check_attachments(message.attachments, bot.config.understanding)
             reservation = bot.limiter.reserve(who.user_id, CHAT)  # before the next await: no double use
             async with message.channel.typing():
                 images = await read_images(message.attachments, bot.config.understanding)
-            conversation = replied if replied is not None and replied is not _NOT_OURS else None
+            conversation = replied if isinstance(replied, ConversationRef) else None
             if conversation is not None and conversation.key.user_id not in (None, who.user_id):
                 conversation = None  # someone else's private conversation: use the replier's own
             q = Question(
@@ -100,20 +105,23 @@ class ChatCog(commands.Cog):
             return
         submitted.follow(bot, MessageOutlet(message), q)
 
-    async def _replied_conversation(self, message: discord.Message) -> ConversationRef | object | None:
-        """For a reply to one of the bot's messages: its conversation (or _NOT_OURS when the store has
+    async def _replied_conversation(
+        self, message: discord.Message
+    ) -> ConversationRef | Literal[_Reply.NOT_OURS] | None:
+        """For a reply to one of the bot's messages: its conversation (or NOT_OURS when the store has
         none, e.g. a reply to an image result); None when the message is not a reply to the bot."""
         ref = message.reference
         if ref is None or ref.message_id is None:
             return None
         resolved = ref.resolved
-        if isinstance(resolved, discord.Message) and resolved.author.id != self.bot.user.id:
+        me = self.bot.user
+        if isinstance(resolved, discord.Message) and (me is None or resolved.author.id != me.id):
             return None
         conv = await self.bot.store.conversation_for_message(ref.message_id)
         if conv is not None:
             return conv
         if isinstance(resolved, discord.Message):
-            return _NOT_OURS
+            return _Reply.NOT_OURS
         return None
 
     # ---- memory management -------------------------------------------------------------------------
@@ -150,7 +158,7 @@ class ChatCog(commands.Cog):
     @app_commands.describe(export="Send everything stored about you as a JSON file")
     async def history(self, interaction: discord.Interaction, export: bool = False) -> None:
         bot = self.bot
-        who = bot.requester(interaction)
+        who = bot.access.requester(interaction)
         if export:
             data = await bot.store.export_user_data(who.user_id)
             blob = json.dumps(data, indent=2, default=str, ensure_ascii=False).encode()
@@ -160,8 +168,8 @@ class ChatCog(commands.Cog):
                 ephemeral=True,
             )
             return
-        settings = await bot.settings_for(who)
-        conv = await bot.store.resolve_conversation(bot.conversation_key(who, settings))
+        settings = await bot.access.settings_for(who)
+        conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, settings))
         turns = await bot.store.list_turns(conv.id, limit=10)
         if not turns:
             await interaction.response.send_message("No conversation here yet.", ephemeral=True)
@@ -180,7 +188,6 @@ class ChatCog(commands.Cog):
         )
 
 
-_NOT_OURS = object()
 
 
 async def setup(bot: JanusBot) -> None:

@@ -16,6 +16,7 @@ from bot.errors import Refusal
 from bot.store import JobKind
 from bot.understanding import answer_interaction
 from bot.uploads import is_image
+from bot.views import DescribeButton
 
 if TYPE_CHECKING:
     from bot.app import JanusBot
@@ -28,9 +29,11 @@ class DescribeCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.menu)
+        self.bot.add_dynamic_items(DescribeButton)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+        self.bot.remove_dynamic_items(DescribeButton)
 
     @app_commands.command(name="describe", description="Ask Janus about an image")
     @app_commands.describe(image="The image", question="What to ask about it (default: describe it)")

@@ -18,26 +18,51 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import InteractionOutlet, LatestProgress, finish_if_open, quietly
+from bot.delivery import InteractionOutlet, LatestProgress, Outlet, finish_if_open, follow_job, quietly
 from bot.errors import NotAllowed, Refusal
 from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_prompt
 from bot.limits import IMAGINE
 from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, Requester, check_prompt
 from bot.store import JobKind, JobRecord, JobStatus
-from bot.views import EditPromptModal, progress_view, result_view
+from bot.views import (
+    DeleteButton,
+    EditPromptButton,
+    EditPromptModal,
+    RerollButton,
+    progress_view,
+    result_view,
+)
 from janus_engine.errors import JanusError
-from janus_engine.protocol import Cancelled, Done, Failed, GenerateRequest, Progress, Queued, Started
+from janus_engine.protocol import (
+    GenerateRequest,
+    GenerateResult,
+    Progress,
+    Queued,
+    Started,
+    TextDelta,
+    UnderstandResult,
+)
 
 if TYPE_CHECKING:
     from bot.app import JanusBot
+    from janus_engine.engine import JobHandle
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**31 - 1
 
 
+_BUTTONS = (RerollButton, EditPromptButton, DeleteButton)
+
+
 class ImagineCog(commands.Cog):
     def __init__(self, bot: JanusBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(*_BUTTONS)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*_BUTTONS)
 
     @app_commands.command(name="imagine", description="Generate images from a text prompt with Janus-Pro")
     @app_commands.describe(
@@ -74,8 +99,8 @@ class ImagineCog(commands.Cog):
         parent_job: str | None = None,
     ) -> None:
         bot = self.bot
-        who = bot.requester(interaction)
-        settings = await bot.gate(who)
+        who = bot.access.requester(interaction)
+        settings = await bot.access.admit(who)
         g = bot.config.generation
         prompt = prompt.strip()
         if not prompt:
@@ -155,70 +180,11 @@ class ImagineCog(commands.Cog):
         outlet = InteractionOutlet(
             interaction, on_new_message=lambda message_id: bot.store.add_job_messages(job.id, [message_id])
         )
-        bot.spawn(self._follow(outlet, handle, job))
+        bot.run_in_background(self._deliver_images(outlet, handle, job))
 
-    async def _follow(self, outlet: InteractionOutlet, handle: Any, job: JobRecord) -> None:
-        """Turn the engine's events into one message: queue line, progress bar, then the images.
-
-        Once the images are posted they stay: a bookkeeping error after that (the job forgotten with
-        /forget meanwhile, a busy database) is logged, never shown in place of the result."""
-        bot = self.bot
-        count = int(job.params["count"])
-        header = f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(count, 'image')}"
-        view = progress_view(job.id)
-        progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
-        width = bot.config.ui.progress_bar_width
-        started = time.monotonic()
-        delivered = False
-        try:
-            async for event in handle:
-                if isinstance(event, Queued):
-                    await progress.update(f"{header}\n{queue_line(event.position, event.eta_s)}", view=view)
-                elif isinstance(event, Started):
-                    await quietly(bot.store.mark_job_running(job.id), f"mark job {job.id} running")
-                    eta = f", ETA {format_eta(event.eta_s)}" if event.eta_s is not None else ""
-                    await progress.update(f"{header}\nStarting{eta}…", view=view)
-                elif isinstance(event, Progress):
-                    if event.step < event.total:
-                        file = ("preview.png", event.preview) if event.preview else None
-                        bar = progress_bar(event.step, event.total, width)
-                        await progress.update(f"{header}\n{bar}", file=file, view=view)
-                elif isinstance(event, Done):
-                    await progress.close()
-                    result = event.result
-                    files = [(f"janus-{job.id[:8]}-{i + 1}.png", png) for i, png in enumerate(result.images)]
-                    p = job.params
-                    text = (
-                        f"{header}\nseed {result.seed} · guidance {p['guidance']:g}"
-                        f" · temperature {p['temperature']:g}"
-                    )
-                    ids = await outlet.final(
-                        text, files=files, view=result_view(job.id, len(files)), ping=True
-                    )
-                    delivered = True
-                    await bot.store.finish_job(
-                        job.id,
-                        JobStatus.DONE,
-                        seed=result.seed,
-                        timings={"total_s": round(time.monotonic() - started, 3)},
-                        message_ids=ids,
-                    )
-                elif isinstance(event, Failed):
-                    await progress.close()
-                    await quietly(
-                        bot.store.finish_job(job.id, JobStatus.FAILED, error=event.reason), "record a failure"
-                    )
-                    await outlet.fail(f"{header}\nSorry, this failed: {event.reason}")
-                elif isinstance(event, Cancelled):
-                    await progress.close()
-                    await quietly(bot.store.finish_job(job.id, JobStatus.CANCELLED), "record a cancel")
-                    await outlet.fail(f"{header}\nCancelled.")
-        except Exception:
-            log.exception("following imagine job %s failed", job.id)
-            await progress.close()
-            await quietly(finish_if_open(bot, job.id, "internal error while delivering"), "close the job")
-            if not delivered:
-                await outlet.fail(f"{header}\nSorry, something went wrong on our side; it was logged.")
+    async def _deliver_images(self, outlet: InteractionOutlet, handle: JobHandle, job: JobRecord) -> None:
+        """Turn the engine's events into one message: queue line, progress bar, then the images."""
+        await follow_job(handle, _ImageRender(self.bot, outlet, job), f"imagine job {job.id}")
 
     # ---- buttons -------------------------------------------------------------------------------------
 
@@ -245,7 +211,7 @@ class ImagineCog(commands.Cog):
 
     async def open_edit_modal(self, interaction: discord.Interaction, job_id: str) -> None:
         job = await self._job(job_id)
-        await self.bot.gate(self.bot.requester(interaction))
+        await self.bot.access.admit(self.bot.access.requester(interaction))
         modal = EditPromptModal(job.id, job.prompt, self.bot.config.generation.max_prompt_chars)
         await interaction.response.send_modal(modal)
 
@@ -264,10 +230,76 @@ class ImagineCog(commands.Cog):
     async def delete_result(self, interaction: discord.Interaction, job_id: str) -> None:
         job = await self.bot.store.get_job(job_id)
         owner_id = job.user_id if job is not None else _requester_of_message(interaction.message)
-        if interaction.user.id != owner_id and not self.bot.is_owner_id(interaction.user.id):
+        if interaction.user.id != owner_id and not self.bot.access.is_owner(interaction.user.id):
             raise NotAllowed("Only the person who asked for these images can delete them.")
         await interaction.response.defer()
         await interaction.delete_original_response()  # for a button, "original" is the button's message
+
+
+class _ImageRender:
+    """How an /imagine job looks while it runs and when it ends (see :func:`bot.delivery.follow_job`)."""
+
+    def __init__(self, bot: JanusBot, outlet: InteractionOutlet, job: JobRecord) -> None:
+        self.bot, self.job = bot, job
+        self.outlet: Outlet = outlet
+        count = int(job.params["count"])
+        self.header = f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(count, 'image')}"
+        self.view = progress_view(job.id)
+        self.progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
+        self.width = bot.config.ui.progress_bar_width
+        self.started_at = time.monotonic()
+        self.delivered = False
+
+    async def queued(self, event: Queued) -> None:
+        line = queue_line(event.position, event.eta_s)
+        await self.progress.update(f"{self.header}\n{line}", view=self.view)
+
+    async def started(self, event: Started) -> None:
+        job_id = self.job.id
+        await quietly(self.bot.store.mark_job_running(job_id), f"mark job {job_id} running")
+        eta = f", ETA {format_eta(event.eta_s)}" if event.eta_s is not None else ""
+        await self.progress.update(f"{self.header}\nStarting{eta}…", view=self.view)
+
+    async def step(self, event: Progress | TextDelta) -> None:
+        if isinstance(event, Progress) and event.step < event.total:
+            file = ("preview.png", event.preview) if event.preview else None
+            bar = progress_bar(event.step, event.total, self.width)
+            await self.progress.update(f"{self.header}\n{bar}", file=file, view=self.view)
+
+    async def done(self, result: GenerateResult | UnderstandResult) -> None:
+        if not isinstance(result, GenerateResult):
+            raise TypeError(f"an imagine job ended with {type(result).__name__}")
+        job = self.job
+        files = [(f"janus-{job.id[:8]}-{i + 1}.png", png) for i, png in enumerate(result.images)]
+        p = job.params
+        text = (
+            f"{self.header}\nseed {result.seed} · guidance {p['guidance']:g}"
+            f" · temperature {p['temperature']:g}"
+        )
+        ids = await self.outlet.final(text, files=files, view=result_view(job.id, len(files)), ping=True)
+        self.delivered = True
+        await self.bot.store.finish_job(
+            job.id,
+            JobStatus.DONE,
+            seed=result.seed,
+            timings={"total_s": round(time.monotonic() - self.started_at, 3)},
+            message_ids=ids,
+        )
+
+    async def failed(self, reason: str) -> None:
+        await quietly(
+            self.bot.store.finish_job(self.job.id, JobStatus.FAILED, error=reason), "record a failure"
+        )
+        await self.outlet.fail(f"{self.header}\nSorry, this failed: {reason}")
+
+    async def cancelled(self) -> None:
+        await quietly(self.bot.store.finish_job(self.job.id, JobStatus.CANCELLED), "record a cancel")
+        await self.outlet.fail(f"{self.header}\nCancelled.")
+
+    async def crashed(self) -> str:
+        work = finish_if_open(self.bot.store, self.job.id, "internal error while delivering")
+        await quietly(work, "close the job")
+        return f"{self.header}\nSorry, something went wrong on our side; it was logged."
 
 
 def _requester_of_message(message: discord.Message | None) -> int | None:

@@ -6,22 +6,37 @@ what finished. Cancelling checks the job's owner from the store, so nobody cance
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.delivery import NO_PINGS
 from bot.errors import NotAllowed, Refusal
-from bot.formatting import clip, format_eta, quote_prompt
+from bot.formatting import clip, format_eta, plural, quote_prompt
+from bot.store import JobKind, JobRecord
+from bot.views import CancelButton, retry_view
 
 if TYPE_CHECKING:
     from bot.app import JanusBot
+
+log = logging.getLogger(__name__)
 
 
 class JobsCog(commands.Cog):
     def __init__(self, bot: JanusBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(CancelButton)
+        if self.bot.interrupted_jobs:
+            self.bot.run_in_background(report_interrupted(self.bot, self.bot.interrupted_jobs))
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(CancelButton)
 
     @app_commands.command(name="queue", description="Your queued and running jobs, with positions and ETAs")
     async def queue(self, interaction: discord.Interaction) -> None:
@@ -75,13 +90,46 @@ class JobsCog(commands.Cog):
         job = await bot.store.get_job(job_id)
         if job is None:
             raise Refusal("This job is no longer known.")
-        if job.user_id != interaction.user.id and not bot.is_owner_id(interaction.user.id):
+        if job.user_id != interaction.user.id and not bot.access.is_owner(interaction.user.id):
             raise NotAllowed("Only the person who started this job can cancel it.")
         if job.status.is_terminal:
             raise Refusal(f"This job already ended ({job.status.value}).")
         if not await bot.engine.cancel(job_id):
             raise Refusal("This job is not running any more.")
         await interaction.response.send_message("Cancelling…", ephemeral=True)
+
+
+INTERRUPTED = "This job was interrupted: the bot restarted before it finished."
+
+
+async def report_interrupted(client: discord.Client, jobs: Sequence[JobRecord]) -> None:
+    """After a restart, edit the messages of jobs the previous process left unfinished to say so.
+
+    Without this, a user would be left looking at a progress bar that never moves and a Cancel button
+    that answers "already ended". An /imagine job gets Re-roll and Edit prompt buttons, so running it
+    again is one click; a question is asked again by the user. Uses only REST (the bot's own messages),
+    so it works before the gateway is ready and long after the interaction token died."""
+    for job in jobs:
+        if job.channel_id is None or not job.message_ids:
+            continue
+        channel = client.get_partial_messageable(job.channel_id)
+        view: Any = None
+        if job.kind == JobKind.IMAGINE:
+            count = int(job.params.get("count", 1))
+            text = (
+                f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(count, 'image')}\n"
+                f"{INTERRUPTED} Press Re-roll to run it again."
+            )
+            view = retry_view(job.id)
+        else:
+            text = f"{INTERRUPTED} Please ask again."
+        for message_id in job.message_ids:
+            try:
+                await channel.get_partial_message(message_id).edit(
+                    content=text, attachments=[], view=view, allowed_mentions=NO_PINGS
+                )
+            except discord.HTTPException as exc:  # deleted meanwhile, or no longer visible to the bot
+                log.info("could not update interrupted job %s's message %s: %s", job.id, message_id, exc)
 
 
 async def setup(bot: JanusBot) -> None:

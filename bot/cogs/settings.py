@@ -32,7 +32,7 @@ class SettingsCog(
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         perms = interaction.permissions
-        if not (perms.manage_guild or perms.administrator or self.bot.is_owner_id(interaction.user.id)):
+        if not (perms.manage_guild or perms.administrator or self.bot.access.is_owner(interaction.user.id)):
             # A CheckFailure (not a plain exception) so discord.py hands it to the tree error handler.
             raise app_commands.CheckFailure(
                 "You need the Manage Server permission to change the bot's settings."
@@ -44,8 +44,8 @@ class SettingsCog(
 
     @app_commands.command(name="show", description="Show this channel's effective settings")
     async def show(self, interaction: discord.Interaction) -> None:
-        who = self.bot.requester(interaction)
-        settings = await self.bot.settings_for(who)
+        who = self.bot.access.requester(interaction)
+        settings = await self.bot.access.settings_for(who)
         memory = self.bot.config.memory
         g = self.bot.config.generation
         lines = [
@@ -63,7 +63,7 @@ class SettingsCog(
     async def channel(
         self, interaction: discord.Interaction, enabled: bool, channel: discord.TextChannel | None = None
     ) -> None:
-        target = channel.id if channel is not None else interaction.channel_id
+        target = channel.id if channel is not None else _channel_id(interaction)
         await self.bot.store.update_channel_settings(
             target,
             # Stored either way: a thread turned on under a channel that is off must override it.
@@ -84,7 +84,7 @@ class SettingsCog(
     async def scope(
         self, interaction: discord.Interaction, scope: str, channel: discord.TextChannel | None = None
     ) -> None:
-        target = channel.id if channel is not None else interaction.channel_id
+        target = channel.id if channel is not None else _channel_id(interaction)
         await self.bot.store.update_channel_settings(
             target, {SCOPE_SETTING: scope}, guild_id=interaction.guild_id, actor_id=interaction.user.id
         )
@@ -100,7 +100,7 @@ class SettingsCog(
     )
     async def nsfw(self, interaction: discord.Interaction, policy: str) -> None:
         await self.bot.store.update_guild_settings(
-            interaction.guild_id, {NSFW_POLICY: policy}, actor_id=interaction.user.id
+            _guild_id(interaction), {NSFW_POLICY: policy}, actor_id=interaction.user.id
         )
         note = ""
         if policy == "allow" and self.bot.config.access.nsfw_policy != "allow":
@@ -132,11 +132,23 @@ class SettingsCog(
         if not changes:
             raise Refusal("Give at least one of count, guidance, temperature.")
         await self.bot.store.update_guild_settings(
-            interaction.guild_id, changes, actor_id=interaction.user.id
+            _guild_id(interaction), changes, actor_id=interaction.user.id
         )
         await self._reply(
             interaction, "Defaults updated: " + ", ".join(f"{k}={v}" for k, v in changes.items())
         )
+
+
+def _guild_id(interaction: discord.Interaction) -> int:
+    if interaction.guild_id is None:  # the group is guild_only; a DM never gets here
+        raise Refusal("Server settings can only be changed in a server.")
+    return interaction.guild_id
+
+
+def _channel_id(interaction: discord.Interaction) -> int:
+    if interaction.channel_id is None:
+        raise Refusal("This interaction has no channel.")
+    return interaction.channel_id
 
 
 async def setup(bot: JanusBot) -> None:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
+from sqlalchemy import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.store.database import SINGLE_STATEMENT_OPTION, WRITE_OPTION, create_engine
@@ -28,7 +29,8 @@ _IN_CHUNK = 500  # ids per IN (...) list, well under every backend's bound-param
 
 
 def estimate_tokens(text: str) -> int:
-    """A tokenizer-free estimate (about 3 bytes a token for the DeepSeek BPE on English text)."""
+    """Conservative without a tokenizer: about one token per 3 UTF-8 bytes (the DeepSeek BPE on English
+    text), rounded up. :mod:`bot.tokens` counts with it too until the model's tokenizer.json is on disk."""
     return (len(text.encode("utf-8")) + 2) // 3
 
 
@@ -91,6 +93,14 @@ class StoreBase:
             yield conn
 
 
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the one row an INSERT just wrote."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the INSERT returned no primary key")
+    return int(key[0])
+
+
 def chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -99,8 +109,9 @@ def chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any
 def json_dict(value: Mapping[str, Any], what: str) -> dict[str, Any]:
     """A plain JSON-safe copy, or a clear error now instead of a failed commit later."""
     try:
-        return json.loads(json.dumps(dict(value)))
+        copy: dict[str, Any] = json.loads(json.dumps(dict(value)))
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(
             f"The {what} must be JSON data (strings, numbers, lists, dicts): {exc}"
         ) from None
+    return copy

@@ -14,7 +14,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.store.base import TokenCounter, chunks
+from bot.store.base import TokenCounter, chunks, inserted_id
 from bot.store.context import TurnCost, plan_context
 from bot.store.errors import ConversationNotFound, TurnNotFound
 from bot.store.models import Conversation, ConversationTurn, Image, TurnImage, TurnMessage, utcnow
@@ -262,11 +262,13 @@ class ConversationsMixin(SettingsMixin):
         # then needs one more for the images' bytes. If it needs more pages, or an image vanished between
         # the two reads (forgotten meanwhile), build it again inside one snapshot transaction.
         async with self._query() as conn:
-            context = await _build_context(conn, conversation_id, budget, up_to_turn_id, marker_tokens, True)
+            context = await _build_context(
+                conn, conversation_id, budget, up_to_turn_id, marker_tokens, first_page_only=True
+            )
         if context is None:
             async with self._read() as conn:
                 context = await _build_context(
-                    conn, conversation_id, budget, up_to_turn_id, marker_tokens, False
+                    conn, conversation_id, budget, up_to_turn_id, marker_tokens, first_page_only=False
                 )
         assert context is not None
         return context
@@ -287,6 +289,7 @@ async def _build_context(
     budget: ContextBudget,
     up_to_turn_id: int | None,
     marker_tokens: int,
+    *,
     first_page_only: bool,
 ) -> ModelContext | None:
     """The context, or None when ``first_page_only`` and one page of turns (or one read) is not enough."""
@@ -349,7 +352,7 @@ async def _insert_turn(conn: AsyncConnection, new: _NewTurn) -> TurnRecord:
             created_at=turn.created_at,
         )
     )
-    turn_id = int(result.inserted_primary_key[0])
+    turn_id = inserted_id(result)
     if turn.image_hashes:
         hashes = enumerate(turn.image_hashes)
         rows = [{"turn_id": turn_id, "position": i, "image_sha256": sha} for i, sha in hashes]

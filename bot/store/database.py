@@ -19,19 +19,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-DEFAULT_DB_FILENAME = "janus-bot.db"
 BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "janus_write"  # execution option: this connection's transaction will write
 SINGLE_STATEMENT_OPTION = "janus_single_statement"  # execution option: one read, no BEGIN needed
-
-
-def default_database_url(data_dir: str | Path) -> str:
-    """The default: a SQLite file in the bot's data directory."""
-    return f"sqlite+aiosqlite:///{Path(data_dir).expanduser().resolve() / DEFAULT_DB_FILENAME}"
-
-
-def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
 
 
 def ensure_sqlite_parent_dir(url: str) -> None:

@@ -106,8 +106,9 @@ def database_url_from_args(args: argparse.Namespace) -> str:
     A relative SQLite path is relative to the config file's folder, as the bot itself reads it, so
     ``janus-bot db upgrade --config X`` always touches the database that ``janus-bot run --config X`` uses.
     """
-    if getattr(args, "url", None):
-        return args.url
+    url = getattr(args, "url", None)
+    if url:
+        return str(url)
     config_path = Path(args.config) if getattr(args, "config", None) else Path("config.toml")
     if not config_path.exists():
         if getattr(args, "config", None):

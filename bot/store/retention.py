@@ -1,6 +1,7 @@
 """Periodic retention: turns older than N days leave the database on their own.
 
-The bot starts :func:`start_retention_task` after the store is open and cancels the task at shutdown.
+The bot runs :func:`run_retention` in the background from its ``setup_hook`` (reading
+``memory.retention_days`` at each pass) and cancels it when it closes.
 One failed pass (a locked file, a full disk) is logged and retried at the next interval rather than
 ending the loop, because a retention task that silently died would keep data longer than promised.
 """
@@ -36,26 +37,17 @@ async def apply_retention(
     return result
 
 
-async def run_retention_periodically(
-    store: Store, retention_days: float, *, interval_s: float = 3600.0, first_delay_s: float = 0.0
+async def run_retention(
+    store: Store, retention_days: Callable[[], float], *, interval_s: float = 3600.0
 ) -> None:
-    """Run :func:`apply_retention` every ``interval_s`` seconds until cancelled."""
-    await asyncio.sleep(first_delay_s)
+    """Run :func:`apply_retention` every ``interval_s`` seconds until cancelled.
+
+    ``retention_days`` is read at each pass (so a config reload applies); 0 or less keeps everything."""
     while True:
-        try:
-            await apply_retention(store, retention_days)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("retention pass failed; retrying in %.0f s", interval_s)
+        days = retention_days()
+        if days > 0:
+            try:
+                await apply_retention(store, days)
+            except Exception:
+                log.exception("retention pass failed; retrying in %.0f s", interval_s)
         await asyncio.sleep(interval_s)
-
-
-def start_retention_task(
-    store: Store, retention_days: float, *, interval_s: float = 3600.0, first_delay_s: float = 0.0
-) -> asyncio.Task[None]:
-    """The periodic runner as a named task (keep a reference; cancel it at shutdown)."""
-    return asyncio.get_running_loop().create_task(
-        run_retention_periodically(store, retention_days, interval_s=interval_s, first_delay_s=first_delay_s),
-        name="store-retention",
-    )

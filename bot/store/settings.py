@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import insert, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.store.base import StoreBase, json_dict
+from bot.store.base import StoreBase, inserted_id, json_dict
 from bot.store.models import AuditLog, ChannelSettings, GuildSettings, utcnow
 from bot.store.records import AuditEntry
 
@@ -173,7 +173,7 @@ async def _insert_audit(
             created_at=now,
         )
     )
-    return AuditEntry(int(result.inserted_primary_key[0]), guild_id, actor_id, action, target, details, now)
+    return AuditEntry(inserted_id(result), guild_id, actor_id, action, target, details, now)
 
 
 def _merge(current: Mapping[str, Any] | None, changes: Mapping[str, Any]) -> dict[str, Any]:

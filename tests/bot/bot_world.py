@@ -1,8 +1,8 @@
 """Helpers for the bot tests: the real bot (JanusBot, real engine workers on the tiny model, a real
 SQLite file) against the emulator.
 
-One world per test module: the emulator, a guild with channels and users, and a started bot whose
-setup_hook builds the engine and the store exactly as ``janus-bot run`` does. Starting the engine costs
+One world per test module: the emulator, a guild with channels and users, and a started bot given an
+engine and a store opened exactly as ``janus-bot run``'s launcher opens them. Starting the engine costs
 a few seconds (worker processes import torch), so tests in a module share it; each test uses its own
 users or channel so their memories and limits do not mix.
 """
@@ -21,7 +21,10 @@ from PIL import Image
 
 from bot.app import JanusBot
 from bot.config import BotConfig
+from bot.store import Store
+from bot.tokens import load_model_facts
 from discord_emulator import Channel, DiscordEmulator, Guild, User
+from janus_engine.engine import JanusEngine
 
 STEP_DELAY_S = 0.12  # tiny-model jobs last ~2 s, so progress, queueing and cancelling are observable
 
@@ -101,6 +104,8 @@ class BotWorld:
     doc: dict[str, dict[str, Any]] = field(default_factory=dict)  # what config.toml holds
     bot: JanusBot | None = None
     task: asyncio.Task[None] | None = None
+    store: Store | None = None
+    engine: JanusEngine | None = None
     submitted: list[Any] = field(default_factory=list)  # requests the engine accepted, in order
 
     def user(self, name: str) -> User:
@@ -121,9 +126,18 @@ class BotWorld:
         self.bot.limiter.update(limits)
 
     async def start_bot(self) -> JanusBot:
+        # What `janus-bot run`'s launcher does: open the store, start the engine, pass both in.
+        facts = load_model_facts(self.config)
+        self.store = await Store.open(self.config.database.url, count_tokens=facts.count_tokens)
+        self.engine = JanusEngine(
+            dataclasses.replace(self.config.engine_config(), step_delay_s=STEP_DELAY_S)
+        )
+        await self.engine.start()
         bot = JanusBot(
             self.config,
-            engine_config=dataclasses.replace(self.config.engine_config(), step_delay_s=STEP_DELAY_S),
+            store=self.store,
+            engine=self.engine,
+            facts=facts,
             install_signal_handlers=True,  # SIGHUP -> reload, as under `janus-bot run`
             guild_ready_timeout=0.05,
         )
@@ -152,7 +166,12 @@ class BotWorld:
             await self.bot.close()
             assert self.task is not None
             await asyncio.wait_for(self.task, 60)
+        if self.engine is not None:
+            await self.engine.stop()
+        if self.store is not None:
+            await self.store.close()
         self.bot = self.task = None
+        self.store, self.engine = None, None
 
     async def run(self, user: User, channel: Channel, name: str, **options: Any):
         itx = await self.emu.slash(user, channel, name, **options)

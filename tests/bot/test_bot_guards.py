@@ -34,7 +34,7 @@ async def _nothing_stored(world: BotWorld, user) -> None:
     bot = world.bot
     assert await bot.store.list_jobs(user_id=user.id) == []
     who = Requester(user_id=user.id, guild_id=world.guild.id, channel_id=world.general.id)
-    conv = await bot.store.resolve_conversation(bot.conversation_key(who, {}))
+    conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, {}))
     assert await bot.store.list_turns(conv.id) == []
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from bot.store import ContextBudget, ConversationKey, ConversationScope, Store
 from bot.store.models import ConversationTurn, Image, TurnImage
-from bot.store.retention import apply_retention, start_retention_task
+from bot.store.retention import apply_retention, run_retention
 
 GUILD, CHANNEL, THREAD = 100, 200, 300
 ALICE, BOB = 1, 2
@@ -179,7 +179,7 @@ async def test_the_periodic_retention_task_runs_and_stops(store: Store) -> None:
     await store.append_turn(
         conv.id, "user", "x", author_id=ALICE, created_at=datetime.now(UTC) - timedelta(days=9)
     )
-    task = start_retention_task(store, 7, interval_s=0.01)
+    task = asyncio.create_task(run_retention(store, lambda: 7, interval_s=0.01))
     deadline = asyncio.get_running_loop().time() + 20  # generous: CI machines can be slow
     while await count(store, ConversationTurn) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
