@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -23,7 +23,7 @@ from bot.errors import NotAllowed, Refusal
 from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_prompt
 from bot.limits import IMAGINE
 from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, Requester, check_prompt
-from bot.store import JobKind, JobRecord, JobStatus
+from bot.store import ImagineParams, JobKind, JobRecord, JobStatus
 from bot.views import (
     DeleteButton,
     EditPromptButton,
@@ -141,16 +141,14 @@ class ImagineCog(commands.Cog):
     ) -> None:
         """Record the job, hand it to the engine, defer, and follow it in the background."""
         bot = self.bot
-        params: dict[str, Any] = {"count": count, "guidance": guidance, "temperature": temperature}
-        if parent_job:
-            params["parent_job"] = parent_job
+        params = ImagineParams(count, guidance, temperature, parent_job=parent_job)
         job = await bot.store.create_job(
             JobKind.IMAGINE,
             user_id=who.user_id,
             guild_id=who.guild_id,
             channel_id=who.channel_id,
             prompt=prompt,
-            params=params,
+            params=params.as_params(),
             seed=seed,
         )
         request = GenerateRequest(
@@ -198,13 +196,13 @@ class ImagineCog(commands.Cog):
 
     async def reroll(self, interaction: discord.Interaction, job_id: str) -> None:
         job = await self._job(job_id)
-        p = job.params
+        p = ImagineParams.of(job)
         await self.start(
             interaction,
             prompt=job.prompt,
-            count=int(p["count"]),
-            guidance=float(p["guidance"]),
-            temperature=float(p["temperature"]),
+            count=p.count,
+            guidance=p.guidance,
+            temperature=p.temperature,
             seed=None,  # a new seed is the point of a re-roll
             parent_job=job.id,
         )
@@ -217,13 +215,13 @@ class ImagineCog(commands.Cog):
 
     async def submit_edited(self, interaction: discord.Interaction, job_id: str, prompt: str) -> None:
         job = await self._job(job_id)
-        p = job.params
+        p = ImagineParams.of(job)
         await self.start(
             interaction,
             prompt=prompt,
-            count=int(p["count"]),
-            guidance=float(p["guidance"]),
-            temperature=float(p["temperature"]),
+            count=p.count,
+            guidance=p.guidance,
+            temperature=p.temperature,
             parent_job=job.id,
         )
 
@@ -242,8 +240,8 @@ class _ImageRender:
     def __init__(self, bot: JanusBot, outlet: InteractionOutlet, job: JobRecord) -> None:
         self.bot, self.job = bot, job
         self.outlet: Outlet = outlet
-        count = int(job.params["count"])
-        self.header = f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(count, 'image')}"
+        self.params = ImagineParams.of(job)
+        self.header = f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(self.params.count, 'image')}"
         self.view = progress_view(job.id)
         self.progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
         self.width = bot.config.ui.progress_bar_width
@@ -271,11 +269,8 @@ class _ImageRender:
             raise TypeError(f"an imagine job ended with {type(result).__name__}")
         job = self.job
         files = [(f"janus-{job.id[:8]}-{i + 1}.png", png) for i, png in enumerate(result.images)]
-        p = job.params
-        text = (
-            f"{self.header}\nseed {result.seed} · guidance {p['guidance']:g}"
-            f" · temperature {p['temperature']:g}"
-        )
+        p = self.params
+        text = f"{self.header}\nseed {result.seed} · guidance {p.guidance:g} · temperature {p.temperature:g}"
         ids = await self.outlet.final(text, files=files, view=result_view(job.id, len(files)), ping=True)
         self.delivered = True
         await self.bot.store.finish_job(

@@ -153,6 +153,37 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class ImagineParams:
+    """The parameters of an /imagine job, typed; its record's ``params`` keeps them as a JSON bag."""
+
+    count: int
+    guidance: float
+    temperature: float
+    parent_job: str | None = None  # the job a Re-roll or an edited prompt started from
+
+    @classmethod
+    def of(cls, job: JobRecord) -> ImagineParams:
+        p = job.params
+        return cls(
+            count=int(p["count"]),
+            guidance=float(p["guidance"]),
+            temperature=float(p["temperature"]),
+            parent_job=p.get("parent_job"),
+        )
+
+    def as_params(self) -> dict[str, Any]:
+        """What ``Store.create_job`` stores (``parent_job`` only when there is one)."""
+        params: dict[str, Any] = {
+            "count": self.count,
+            "guidance": self.guidance,
+            "temperature": self.temperature,
+        }
+        if self.parent_job:
+            params["parent_job"] = self.parent_job
+        return params
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     id: int
     guild_id: int | None
