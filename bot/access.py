@@ -14,7 +14,7 @@ import discord
 
 from bot.config import BotConfig
 from bot.policy import Requester, check_access
-from bot.store import SCOPE_SETTING, ConversationKey, ConversationScope, Store
+from bot.store import ConversationKey, ConversationScope, ServerSettings, Store
 
 
 class Access:
@@ -46,24 +46,27 @@ class Access:
             interaction.user, interaction.channel, interaction.guild, guild_id=interaction.guild_id
         )
 
-    async def settings_for(self, who: Requester) -> dict[str, Any]:
+    async def settings_for(self, who: Requester) -> ServerSettings:
         if who.guild_id is None:
-            return {}
-        return await self._store.effective_settings(
+            return ServerSettings()
+        data = await self._store.effective_settings(
             guild_id=who.guild_id, channel_id=who.channel_id, parent_channel_id=who.parent_channel_id
         )
+        return ServerSettings.from_data(data)
 
-    async def admit(self, who: Requester) -> dict[str, Any]:
+    async def admit(self, who: Requester) -> ServerSettings:
         """The access check shared by every feature; returns the effective server settings."""
         settings = await self.settings_for(who)
         check_access(self._config().access, who, settings)
         return settings
 
-    def conversation_key(self, who: Requester, settings: dict[str, Any]) -> ConversationKey:
+    def conversation_key(self, who: Requester, settings: ServerSettings) -> ConversationKey:
         if who.is_dm:
             scope = ConversationScope.DM
         else:
-            value = settings.get(SCOPE_SETTING, self._config().memory.default_scope)
+            value = settings.conversation_scope
+            if value is None:
+                value = self._config().memory.default_scope
             scope = ConversationScope.SHARED if value == "shared" else ConversationScope.USER
         return ConversationKey.for_scope(
             scope, guild_id=who.guild_id, channel_id=who.channel_id, user_id=who.user_id

@@ -209,9 +209,10 @@ async def _script(
     itx = await emu.slash(alice, channel, "chat", message="And what colour is the hill?")
     await _watch(emu, lambda: itx.original, answered, out)
     from bot.policy import Requester
+    from bot.store import ServerSettings
 
     who = Requester(user_id=alice.id, guild_id=channel.guild.id, channel_id=channel.id)
-    conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, {}))
+    conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, ServerSettings()))
     turns = await bot.store.list_turns(conv.id)
     images = sum(len(t.image_hashes) for t in turns)
     out.say(

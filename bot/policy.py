@@ -8,17 +8,20 @@ reason wins (blocked user, then server/channel/role restrictions, then the promp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from bot.config import NSFW_POLICIES, AccessSection
 from bot.errors import BlockedPrompt, NotAllowed
 
-# Channel/guild settings keys written by /settings (values live in bot.store's settings tables).
-ENABLED = "enabled"
-NSFW_POLICY = "nsfw_policy"
-DEFAULT_COUNT = "default_count"
-DEFAULT_GUIDANCE = "default_guidance"
-DEFAULT_TEMPERATURE = "default_temperature"
+# The settings keys /settings writes (values live in bot.store's settings tables), read back as one
+# typed ServerSettings.
+from bot.store.records import (  # noqa: F401  (re-exported for the cogs and tests)
+    DEFAULT_COUNT,
+    DEFAULT_GUIDANCE,
+    DEFAULT_TEMPERATURE,
+    ENABLED,
+    NSFW_POLICY,
+    ServerSettings,
+)
 
 _STRICTNESS = {name: i for i, name in enumerate(("allow", "nsfw_channels_only", "block"))}
 assert set(_STRICTNESS) == set(NSFW_POLICIES)
@@ -40,7 +43,7 @@ class Requester:
         return self.guild_id is None
 
 
-def check_access(access: AccessSection, who: Requester, settings: dict[str, Any]) -> None:
+def check_access(access: AccessSection, who: Requester, settings: ServerSettings) -> None:
     """Raise NotAllowed unless the config and the server's /settings let this user use the bot here."""
     if who.user_id in access.blocked_users:
         raise NotAllowed("You are not allowed to use this bot.")
@@ -58,19 +61,19 @@ def check_access(access: AccessSection, who: Requester, settings: dict[str, Any]
         raise NotAllowed("This bot is not enabled in this channel.")
     if access.allowed_roles and not (who.role_ids & set(access.allowed_roles)):
         raise NotAllowed("You need one of the roles this bot is limited to.")
-    if settings.get(ENABLED) is False:
+    if settings.enabled is False:
         raise NotAllowed("A server manager has turned this bot off in this channel (/settings).")
 
 
-def effective_nsfw_policy(access: AccessSection, settings: dict[str, Any]) -> str:
+def effective_nsfw_policy(access: AccessSection, settings: ServerSettings) -> str:
     """The stricter of the config's policy and the server's: a server can tighten it, never loosen it."""
-    server = settings.get(NSFW_POLICY)
+    server = settings.nsfw_policy
     if server not in _STRICTNESS:
         return access.nsfw_policy
     return max(access.nsfw_policy, server, key=_STRICTNESS.__getitem__)
 
 
-def check_prompt(access: AccessSection, who: Requester, settings: dict[str, Any], text: str) -> None:
+def check_prompt(access: AccessSection, who: Requester, settings: ServerSettings, text: str) -> None:
     """Raise BlockedPrompt if ``text`` matches a blocked pattern, or NSFW patterns where not allowed."""
     for pattern in access.blocked_prompt_patterns:
         if pattern.search(text):

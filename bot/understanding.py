@@ -20,7 +20,7 @@ from bot.errors import Refusal
 from bot.formatting import clip, queue_line
 from bot.limits import CHAT
 from bot.policy import Requester, check_prompt
-from bot.store import ContextBudget, ConversationRef, JobKind, JobStatus
+from bot.store import ContextBudget, ConversationRef, JobKind, JobStatus, ServerSettings
 from bot.tokens import TOKENS_PER_TURN
 from bot.uploads import check_attachments, read_images
 from bot.views import progress_view
@@ -51,7 +51,7 @@ class Question:
     """One user turn on its way to the model."""
 
     who: Requester
-    settings: dict[str, Any]
+    settings: ServerSettings
     text: str
     images: list[bytes]
     kind: JobKind | None = None  # DESCRIBE records a job (it has a Cancel button); chat turns do not
@@ -59,7 +59,7 @@ class Question:
     conversation: ConversationRef | None = None  # a reply continues the conversation it replied to
 
 
-def check_question(bot: JanusBot, who: Requester, settings: dict[str, Any], text: str) -> str:
+def check_question(bot: JanusBot, who: Requester, settings: ServerSettings, text: str) -> str:
     """Cheap checks before deferring: length and blocked patterns (the caller then reserves a use)."""
     text = text.strip()
     limit = bot.config.understanding.max_message_chars
@@ -269,7 +269,7 @@ async def _download_and_submit(
     bot: JanusBot,
     interaction: Any,
     who: Requester,
-    settings: dict[str, Any],
+    settings: ServerSettings,
     text: str,
     attachments: list[Any],
     kind: JobKind | None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import discord
 from discord import app_commands
@@ -22,7 +22,7 @@ from bot.delivery import InteractionOutlet, LatestProgress, Outlet, finish_if_op
 from bot.errors import NotAllowed, Refusal
 from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_prompt
 from bot.limits import IMAGINE
-from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, Requester, check_prompt
+from bot.policy import Requester, check_prompt
 from bot.store import ImagineParams, JobKind, JobRecord, JobStatus
 from bot.views import (
     DeleteButton,
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**31 - 1
+_T = TypeVar("_T", int, float)
 
 
 _BUTTONS = (RerollButton, EditPromptButton, DeleteButton)
@@ -108,16 +109,15 @@ class ImagineCog(commands.Cog):
         if len(prompt) > g.max_prompt_chars:
             raise Refusal(f"The prompt is {len(prompt)} characters long; the limit is {g.max_prompt_chars}.")
         check_prompt(bot.config.access, who, settings, prompt)
-        count = count or int(settings.get(DEFAULT_COUNT, g.default_count))
+        count = count or _or(settings.default_count, g.default_count)
         if count > g.max_count:
             raise Refusal(f"At most {g.max_count} images per request.")
-        guidance = (
-            guidance if guidance is not None else float(settings.get(DEFAULT_GUIDANCE, g.default_guidance))
-        )
+        if guidance is None:
+            guidance = _or(settings.default_guidance, g.default_guidance)
         if not g.min_guidance <= guidance <= g.max_guidance:
             raise Refusal(f"Guidance must be between {g.min_guidance} and {g.max_guidance}.")
         if temperature is None:
-            temperature = float(settings.get(DEFAULT_TEMPERATURE, g.default_temperature))
+            temperature = _or(settings.default_temperature, g.default_temperature)
         if temperature > g.max_temperature:
             raise Refusal(f"Temperature must be at most {g.max_temperature}.")
         seed = seed if seed is not None else random.randint(0, MAX_SEED)
@@ -295,6 +295,11 @@ class _ImageRender:
         work = finish_if_open(self.bot.store, self.job.id, "internal error while delivering")
         await quietly(work, "close the job")
         return f"{self.header}\nSorry, something went wrong on our side; it was logged."
+
+
+def _or(server: _T | None, config: _T) -> _T:
+    """The server's setting where it has one, else the config's default."""
+    return server if server is not None else config
 
 
 def _requester_of_message(message: discord.Message | None) -> int | None:

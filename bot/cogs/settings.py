@@ -49,12 +49,12 @@ class SettingsCog(
         memory = self.bot.config.memory
         g = self.bot.config.generation
         lines = [
-            f"Bot enabled here: {'no' if settings.get(ENABLED) is False else 'yes'}",
-            f"Conversation scope: {settings.get(SCOPE_SETTING, memory.default_scope)}",
-            f"NSFW policy: {settings.get(NSFW_POLICY, self.bot.config.access.nsfw_policy)}",
-            f"Default image count: {settings.get(DEFAULT_COUNT, g.default_count)}",
-            f"Default guidance: {settings.get(DEFAULT_GUIDANCE, g.default_guidance)}",
-            f"Default temperature: {settings.get(DEFAULT_TEMPERATURE, g.default_temperature)}",
+            f"Bot enabled here: {'no' if settings.enabled is False else 'yes'}",
+            f"Conversation scope: {_or(settings.conversation_scope, memory.default_scope)}",
+            f"NSFW policy: {_or(settings.nsfw_policy, self.bot.config.access.nsfw_policy)}",
+            f"Default image count: {_or(settings.default_count, g.default_count)}",
+            f"Default guidance: {_or(settings.default_guidance, g.default_guidance)}",
+            f"Default temperature: {_or(settings.default_temperature, g.default_temperature)}",
         ]
         await self._reply(interaction, "\n".join(lines))
 
@@ -137,6 +137,11 @@ class SettingsCog(
         await self._reply(
             interaction, "Defaults updated: " + ", ".join(f"{k}={v}" for k, v in changes.items())
         )
+
+
+def _or(server: object, config: object) -> object:
+    """The server's setting where it has one, else the config's default."""
+    return server if server is not None else config
 
 
 def _guild_id(interaction: discord.Interaction) -> int:

@@ -32,6 +32,7 @@ from bot.store.records import (
     JobStatus,
     ModelContext,
     RetentionResult,
+    ServerSettings,
     StoredImage,
     TurnRecord,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ModelContext",
     "NotFound",
     "RetentionResult",
+    "ServerSettings",
     "Store",
     "StoreError",
     "StoredImage",

@@ -7,6 +7,7 @@ leaks out of ``bot.store``. Discord ids are plain ``int`` snowflakes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -25,6 +26,44 @@ class ConversationScope(StrEnum):
 
 SCOPE_SETTING = "conversation_scope"
 """Channel-settings key whose value ("user" or "shared") selects the scope of that channel's conversations."""
+# The other keys /settings writes into the guild and channel settings (a JSON bag in the database).
+ENABLED = "enabled"
+NSFW_POLICY = "nsfw_policy"
+DEFAULT_COUNT = "default_count"
+DEFAULT_GUIDANCE = "default_guidance"
+DEFAULT_TEMPERATURE = "default_temperature"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """A channel's effective /settings (guild, overridden by the parent channel, by the channel).
+
+    None means "not set here": the bot's config applies. Stored as a JSON bag, so keys the bot does not
+    know (yet) are ignored rather than refused."""
+
+    enabled: bool | None = None
+    conversation_scope: str | None = None
+    nsfw_policy: str | None = None
+    default_count: int | None = None
+    default_guidance: float | None = None
+    default_temperature: float | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ServerSettings:
+        def num(key: str, kind: type[int] | type[float]) -> Any:
+            value = data.get(key)
+            return None if value is None else kind(value)
+
+        enabled = data.get(ENABLED)
+        scope, nsfw = data.get(SCOPE_SETTING), data.get(NSFW_POLICY)
+        return cls(
+            enabled=None if enabled is None else bool(enabled),
+            conversation_scope=None if scope is None else str(scope),
+            nsfw_policy=None if nsfw is None else str(nsfw),
+            default_count=num(DEFAULT_COUNT, int),
+            default_guidance=num(DEFAULT_GUIDANCE, float),
+            default_temperature=num(DEFAULT_TEMPERATURE, float),
+        )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from bot.policy import Requester
+from bot.store import ServerSettings
 from discord_emulator import Upload
 from janus_engine.protocol import GenerateRequest, UnderstandRequest
 from tests.bot.bot_world import BotWorld, eventually, is_result, png_bytes
@@ -55,7 +56,7 @@ async def test_describe_upload_answers_and_records_job_and_turns(world: BotWorld
     assert jobs[0].prompt == bot.config.understanding.default_question
     # The exchange joined alice's conversation in this channel: her turn with the image, then the answer.
     who = Requester(user_id=alice.id, guild_id=world.guild.id, channel_id=world.general.id)
-    conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, {}))
+    conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, ServerSettings()))
     turns = await eventually(lambda: bot.store.list_turns(conv.id))
     assert [t.role for t in turns] == ["user", "assistant"]
     assert len(turns[0].image_hashes) == 1 and turns[1].text == answer

@@ -11,6 +11,7 @@ import signal
 import pytest
 
 from bot.policy import Requester
+from bot.store import ServerSettings
 from discord_emulator import EmulatorUsageError, Upload
 from tests.bot.bot_world import BotWorld, eventually, finished_jobs, is_result, png_bytes, write_toml
 
@@ -34,7 +35,7 @@ async def _nothing_stored(world: BotWorld, user) -> None:
     bot = world.bot
     assert await bot.store.list_jobs(user_id=user.id) == []
     who = Requester(user_id=user.id, guild_id=world.guild.id, channel_id=world.general.id)
-    conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, {}))
+    conv = await bot.store.resolve_conversation(bot.access.conversation_key(who, ServerSettings()))
     assert await bot.store.list_turns(conv.id) == []
 
 

@@ -22,7 +22,8 @@ from bot.delivery import LatestProgress, fit_to_limit
 from bot.errors import BadUpload, BlockedPrompt, CooldownActive, DailyCapReached, NotAllowed
 from bot.formatting import format_eta, progress_bar, queue_line, quote_prompt, split_message
 from bot.limits import CHAT, IMAGINE, UsageLimiter
-from bot.policy import ENABLED, NSFW_POLICY, Requester, check_access, check_prompt, effective_nsfw_policy
+from bot.policy import Requester, check_access, check_prompt, effective_nsfw_policy
+from bot.store import ServerSettings
 from bot.tokens import estimate_tokens, load_model_facts
 from bot.uploads import check_attachments, read_images
 
@@ -101,44 +102,49 @@ def _who(**kw) -> Requester:
 
 def test_access_rules_name_the_reason() -> None:
     open_ = AccessSection()
-    check_access(open_, _who(), {})
+    check_access(open_, _who(), ServerSettings())
     with pytest.raises(NotAllowed, match="not allowed"):
-        check_access(AccessSection(blocked_users=(1,)), _who(), {})
+        check_access(AccessSection(blocked_users=(1,)), _who(), ServerSettings())
     with pytest.raises(NotAllowed, match="server"):
-        check_access(AccessSection(allowed_guilds=(11,)), _who(), {})
+        check_access(AccessSection(allowed_guilds=(11,)), _who(), ServerSettings())
     with pytest.raises(NotAllowed, match="channel"):
-        check_access(AccessSection(allowed_channels=(101,)), _who(), {})
-    check_access(AccessSection(allowed_channels=(101,)), _who(channel_id=555, parent_channel_id=101), {})
+        check_access(AccessSection(allowed_channels=(101,)), _who(), ServerSettings())
+    check_access(
+        AccessSection(allowed_channels=(101,)), _who(channel_id=555, parent_channel_id=101), ServerSettings()
+    )
     with pytest.raises(NotAllowed, match="roles"):
-        check_access(AccessSection(allowed_roles=(7,)), _who(role_ids=frozenset({8})), {})
-    check_access(AccessSection(allowed_roles=(7,)), _who(role_ids=frozenset({7, 8})), {})
+        check_access(AccessSection(allowed_roles=(7,)), _who(role_ids=frozenset({8})), ServerSettings())
+    check_access(AccessSection(allowed_roles=(7,)), _who(role_ids=frozenset({7, 8})), ServerSettings())
     with pytest.raises(NotAllowed, match="turned this bot off"):
-        check_access(open_, _who(), {ENABLED: False})
+        check_access(open_, _who(), ServerSettings(enabled=False))
     with pytest.raises(NotAllowed, match="direct messages"):
-        check_access(AccessSection(allow_dms=False), _who(guild_id=None), {})
-    check_access(open_, _who(guild_id=None), {})
+        check_access(AccessSection(allow_dms=False), _who(guild_id=None), ServerSettings())
+    check_access(open_, _who(guild_id=None), ServerSettings())
     # A DM has no server, channel or roles: where the config limits those, a DM cannot get around them.
     for limited in ({"allowed_guilds": (10,)}, {"allowed_channels": (100,)}, {"allowed_roles": (7,)}):
         with pytest.raises(NotAllowed, match="direct messages"):
-            check_access(AccessSection(**limited), _who(guild_id=None, role_ids=frozenset({7})), {})
+            check_access(
+                AccessSection(**limited), _who(guild_id=None, role_ids=frozenset({7})), ServerSettings()
+            )
 
 
 def test_servers_can_tighten_the_nsfw_policy_but_never_loosen_it() -> None:
     strict = AccessSection(nsfw_policy="block")
-    assert effective_nsfw_policy(strict, {NSFW_POLICY: "allow"}) == "block"
-    assert effective_nsfw_policy(AccessSection(nsfw_policy="allow"), {NSFW_POLICY: "nsfw_channels_only"}) == (
-        "nsfw_channels_only"
-    )
+    assert effective_nsfw_policy(strict, ServerSettings(nsfw_policy="allow")) == "block"
+    assert effective_nsfw_policy(
+        AccessSection(nsfw_policy="allow"), ServerSettings(nsfw_policy="nsfw_channels_only")
+    ) == ("nsfw_channels_only")
     default = AccessSection()
     with pytest.raises(BlockedPrompt, match="marked NSFW"):
-        check_prompt(default, _who(), {}, "a NUDE statue")
-    check_prompt(default, _who(channel_nsfw=True), {}, "a nude statue")
+        check_prompt(default, _who(), ServerSettings(), "a NUDE statue")
+    check_prompt(default, _who(channel_nsfw=True), ServerSettings(), "a nude statue")
     with pytest.raises(BlockedPrompt):
-        check_prompt(default, _who(channel_nsfw=True), {NSFW_POLICY: "block"}, "a nude statue")
-    check_prompt(default, _who(), {}, "a sextant on a table")  # whole words only: no false positives
+        check_prompt(default, _who(channel_nsfw=True), ServerSettings(nsfw_policy="block"), "a nude statue")
+    # whole words only: no false positives
+    check_prompt(default, _who(), ServerSettings(), "a sextant on a table")
     blocked = AccessSection(blocked_prompt_patterns=(re.compile(r"\bdragon\b", re.I),))
     with pytest.raises(BlockedPrompt):
-        check_prompt(blocked, _who(), {}, "A Dragon")
+        check_prompt(blocked, _who(), ServerSettings(), "A Dragon")
 
 
 # ---- uploads ------------------------------------------------------------------------------------------
