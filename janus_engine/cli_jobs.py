@@ -90,7 +90,7 @@ async def _imagine(config: EngineConfig, request: GenerateRequest) -> GenerateRe
     _say(f"loading {config.model.model} on {config.devices[0]} ...")
     async with JanusEngine(config) as engine:
         handle = engine.submit(request, user_id="cli")
-        return await _follow(handle, desc=f"imagine x{request.n_images}", unit="step")
+        return await _show_progress(handle, desc=f"imagine x{request.n_images}", unit="step")
 
 
 # ---- describe ---------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ async def _count_tokens(handle: JobHandle, bar: tqdm) -> GenerateResult | Unders
 # ---- shared -----------------------------------------------------------------------------------------------
 
 
-async def _follow(handle: JobHandle, *, desc: str, unit: str) -> GenerateResult | UnderstandResult:
+async def _show_progress(handle: JobHandle, *, desc: str, unit: str) -> GenerateResult | UnderstandResult:
     """Drive a tqdm bar from one job's Progress events; return its result (or raise its error)."""
     bar: tqdm | None = None
     try:
@@ -163,7 +163,7 @@ async def _follow(handle: JobHandle, *, desc: str, unit: str) -> GenerateResult 
                 if bar is None:
                     bar = tqdm(total=event.total, desc=desc, unit=unit, file=sys.stderr)
                 bar.update(event.step - bar.n)
-            elif isinstance(event, Done) and bar is not None:
+            elif isinstance(event, Done) and bar is not None and bar.total is not None:
                 bar.update(bar.total - bar.n)
     finally:
         if bar is not None:

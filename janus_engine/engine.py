@@ -27,36 +27,27 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from janus_engine import errors
 from janus_engine.config import EngineConfig
-from janus_engine.errors import InvalidRequest, JobCancelled, JobFailed, ModelNotAvailable, QueueFull
+from janus_engine.errors import InvalidRequest, ModelNotAvailable, QueueFull
 from janus_engine.eta import SpeedMeter, simulate_queue
+from janus_engine.handle import JobHandle
 from janus_engine.ipc import (
     BatchFinished,
     CancelJobs,
-    JobKind,
-    LoadFailed,
     PreviewImage,
     Ready,
     RunBatch,
-    Shutdown,
     StepProgress,
-    TextPiece,
-    WorkerOptions,
+    TextPieces,
 )
-from janus_engine.pool import WorkerProcess, describe_exit
 from janus_engine.protocol import (
-    TERMINAL_EVENTS,
     Cancelled,
     Done,
     Failed,
     GenerateRequest,
-    GenerateResult,
-    JobEvent,
     Progress,
     Queued,
     Started,
@@ -65,88 +56,13 @@ from janus_engine.protocol import (
     UnderstandResult,
 )
 from janus_engine.scheduler import FairScheduler, QueuedJob
-from janus_engine.status import EngineStatus, JobInfo, WorkerState, WorkerStatus
+from janus_engine.status import EngineStatus, JobInfo, WorkerStatus
+from janus_engine.supervisor import RunningBatch, WorkerSlot, WorkerSupervisor
 from janus_engine.validation import validate_generate_request, validate_understand_request
 
+__all__ = ["JanusEngine", "JobHandle"]
+
 log = logging.getLogger(__name__)
-
-
-class JobHandle:
-    """What ``submit`` returns: the job's id and its event stream.
-
-    Iterate it (``async for event in handle``) for Queued / Started / Progress / TextDelta events and one
-    terminal Done | Failed | Cancelled, after which the stream ends; or just ``await handle.result()``.
-    Both may be used together; the stream itself is meant to be consumed once.
-    """
-
-    def __init__(self, job_id: str, user_id: str, kind: JobKind) -> None:
-        self.job_id = job_id
-        self.user_id = user_id
-        self.kind = kind
-        self._events: asyncio.Queue[JobEvent] = asyncio.Queue()
-        self._outcome: asyncio.Future[JobEvent] = asyncio.get_running_loop().create_future()
-        self._last_position: int | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._outcome.done()
-
-    def _emit(self, event: JobEvent) -> None:
-        if self._outcome.done():
-            return  # nothing follows a terminal event
-        self._events.put_nowait(event)
-        if isinstance(event, TERMINAL_EVENTS):
-            self._outcome.set_result(event)
-
-    def __aiter__(self) -> AsyncIterator[JobEvent]:
-        return self._stream()
-
-    async def _stream(self) -> AsyncIterator[JobEvent]:
-        while not (self._events.empty() and self._outcome.done()):
-            event = await self._events.get()
-            yield event
-            if isinstance(event, TERMINAL_EVENTS):
-                return
-
-    async def result(self) -> GenerateResult | UnderstandResult:
-        """The result, or JobFailed (or the more precise error class the worker named) / JobCancelled."""
-        event = await asyncio.shield(self._outcome)
-        if isinstance(event, Done):
-            return event.result
-        if isinstance(event, Cancelled):
-            raise JobCancelled("The job was cancelled.")
-        assert isinstance(event, Failed)
-        error_class = getattr(errors, event.kind, JobFailed)
-        if not (isinstance(error_class, type) and issubclass(error_class, errors.JanusError)):
-            error_class = JobFailed
-        raise error_class(event.reason)
-
-
-@dataclass
-class _Batch:
-    batch_id: int
-    kind: JobKind
-    job_ids: list[str]
-    size: int  # images (generate) or requests (understand)
-    started_at: float
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass
-class _Slot:
-    """A worker position (one per configured device); its process is replaced on restart."""
-
-    name: str
-    device: str
-    state: WorkerState = "starting"
-    proc: WorkerProcess | None = None
-    pid: int | None = None
-    batch: _Batch | None = None
-    restarts: int = 0
-    failures_in_a_row: int = 0
-    last_error: str | None = None
-    ready: asyncio.Future[None] | None = None
-    start_timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -154,7 +70,7 @@ class _Job:
     handle: JobHandle
     queued: QueuedJob
     state: str = "queued"  # queued | running
-    slot: _Slot | None = None
+    slot: WorkerSlot | None = None
     step: int = 0
     total: int = 0
     cancel_requested: bool = False
@@ -171,7 +87,14 @@ class JanusEngine:
             max_running_per_user=config.max_running_per_user,
         )
         self._meter = SpeedMeter()
-        self._slots = [_Slot(f"worker-{i}", device) for i, device in enumerate(config.devices)]
+        self._workers = WorkerSupervisor(
+            config,
+            on_message=self._on_message,
+            on_batch_lost=self._on_batch_lost,
+            on_no_worker=self._fail_queued,
+            restarts_allowed=self._restarts_allowed,
+        )
+        self._slots = self._workers.slots
         self._jobs: dict[str, _Job] = {}
         self._batch_ids = itertools.count(1)
         self._wake = asyncio.Event()
@@ -182,7 +105,6 @@ class JanusEngine:
         self._started = False
         self._accepting = False
         self._draining = False  # stop(drain=True) is letting the queue finish: workers still restart
-        self._closing = False
         self._started_at = time.monotonic()
         self._done = self._failed = self._cancelled = self._batches = 0
 
@@ -200,46 +122,13 @@ class JanusEngine:
         self._started_at = time.monotonic()
         self._started = True
         try:
-            await self._start_workers()
+            await self._workers.start_workers()
         except BaseException:
-            self._abandon_start()
+            self._started = False  # a failed (or cancelled) start leaves the engine startable again
+            self._workers.abandon_start()
             raise
         self._accepting = True
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="janus-engine-dispatch")
-
-    def _abandon_start(self) -> None:
-        """A failed (or cancelled) start leaves nothing running and the engine startable again."""
-        self._started = False
-        for slot in self._slots:
-            if slot.start_timer is not None:
-                slot.start_timer.cancel()
-            if slot.proc is not None:
-                slot.proc.kill()  # only left here when start was cancelled or a spawn raised
-            slot.proc = None
-            slot.pid = None
-            slot.ready = None
-            slot.state = "stopped"
-
-    async def _start_workers(self) -> None:
-        for slot in self._slots:
-            self._spawn(slot, awaited=True)
-        waits = [slot.ready for slot in self._slots if slot.ready is not None]
-        try:
-            outcomes = await asyncio.wait_for(
-                asyncio.gather(*waits, return_exceptions=True), self.config.worker_start_timeout_s
-            )
-        except TimeoutError:
-            await self._shutdown_processes(5.0)
-            raise ModelNotAvailable(
-                f"The model did not load within {self.config.worker_start_timeout_s:g} s."
-            ) from None
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if failures:
-            await self._shutdown_processes(5.0)
-            first = failures[0]
-            raise first if isinstance(first, errors.JanusError) else ModelNotAvailable(str(first))
-        for slot in self._slots:
-            slot.ready = None  # awaited and done; restarts create none (nobody would await them)
 
     async def stop(self, *, drain: bool = False, timeout: float = 30.0) -> None:
         """Stop accepting jobs; with ``drain`` let queued and running jobs finish (within ``timeout``);
@@ -255,7 +144,7 @@ class JanusEngine:
                     await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
             finally:
                 self._draining = False
-        self._closing = True
+        self._workers.closing = True
         for job in self._scheduler.queued_jobs():
             self._scheduler.remove(job.job_id)
             self._end(self._jobs[job.job_id], Cancelled(job.job_id))
@@ -266,7 +155,7 @@ class JanusEngine:
         with contextlib.suppress(TimeoutError):
             grace = min(deadline - time.monotonic(), 5.0)
             await asyncio.wait_for(self._idle.wait(), max(0.0, grace))
-        await self._shutdown_processes(max(1.0, deadline - time.monotonic()))
+        await self._workers.shutdown_processes(max(1.0, deadline - time.monotonic()))
         for record in list(self._jobs.values()):
             self._end(record, Cancelled(record.handle.job_id))
         if self._dispatcher is not None:
@@ -423,10 +312,10 @@ class JanusEngine:
             self._run_batch(idle[0], picked)
         self._refresh_queue_events()
 
-    def _run_batch(self, slot: _Slot, picked: list[QueuedJob]) -> None:
+    def _run_batch(self, slot: WorkerSlot, picked: list[QueuedJob]) -> None:
         assert self._loop is not None and slot.proc is not None
         kind = picked[0].kind
-        batch = _Batch(
+        batch = RunningBatch(
             batch_id=next(self._batch_ids),
             kind=kind,
             job_ids=[job.job_id for job in picked],
@@ -441,13 +330,13 @@ class JanusEngine:
             record = self._jobs[job.job_id]
             record.state = "running"
             record.slot = slot
-            record.handle._emit(Started(job.job_id, slot.name, eta))
+            record.handle.emit(Started(job.job_id, slot.name, eta))
         batch.timer = self._loop.call_later(self.config.job_timeout_s, self._on_batch_timeout, slot, batch)
         requests = tuple(job.request for job in picked)
         # If the send fails the process is dead: its exit notice will fail this batch.
         slot.proc.send(RunBatch(batch.batch_id, kind, requests))  # type: ignore[arg-type]
 
-    def _on_batch_timeout(self, slot: _Slot, batch: _Batch) -> None:
+    def _on_batch_timeout(self, slot: WorkerSlot, batch: RunningBatch) -> None:
         if slot.batch is not batch:
             return
         slot.batch = None
@@ -457,106 +346,52 @@ class JanusEngine:
             if record is not None:
                 reason = f"The job took longer than the limit of {limit:g} s and was stopped."
                 self._end(record, Failed(job_id, reason, "JobFailed"))
-        slot.last_error = f"batch {batch.batch_id} timed out after {limit:g} s; worker recycled"
-        log.warning("%s: %s", slot.name, slot.last_error)
-        slot.state = "restarting"
-        if slot.proc is not None:
-            slot.proc.kill()  # its exit notice restarts it
+        self._workers.recycle(slot, f"batch {batch.batch_id} timed out after {limit:g} s; worker recycled")
 
-    # ---- worker processes ------------------------------------------------------------------------------
+    # ---- worker messages -----------------------------------------------------------------------------
 
-    def _spawn(self, slot: _Slot, *, awaited: bool = False) -> None:
-        """Start the slot's process. Only ``start`` awaits ``slot.ready``: a restart gets none, since an
-        exception set on a future nobody awaits is logged as "never retrieved" at every failed restart."""
-        assert self._loop is not None
-        spec = dataclasses.replace(self.config.model, device=slot.device)
-        options = WorkerOptions(name=slot.name, step_delay_s=self.config.step_delay_s)
-        slot.ready = self._loop.create_future() if awaited else None
-        slot.state = "starting"
-        slot.proc = WorkerProcess(
-            spec, options, loop=self._loop, on_message=self._on_message, on_exit=self._on_exit
-        )
-        slot.pid = slot.proc.pid
-        proc = slot.proc
-        slot.start_timer = self._loop.call_later(
-            self.config.worker_start_timeout_s, self._on_start_timeout, slot, proc
-        )
-
-    def _on_start_timeout(self, slot: _Slot, proc: WorkerProcess) -> None:
-        if slot.proc is proc and slot.state == "starting":
-            slot.last_error = f"did not load within {self.config.worker_start_timeout_s:g} s"
-            proc.kill()
-
-    def _restart(self, slot: _Slot) -> None:
-        if self._closing or not self._started:
-            return
-        slot.restarts += 1
-        try:
-            self._spawn(slot)
-        except Exception as exc:  # process limits, file descriptors: try again later rather than never
-            slot.proc = None
-            slot.pid = None
-            slot.last_error = f"could not start a worker process: {type(exc).__name__}: {exc}"
-            log.error("%s: %s", slot.name, slot.last_error)
-            self._schedule_restart(slot, was_ready=False)
+    @property
+    def _closing(self) -> bool:
+        return self._workers.closing
 
     def _restarts_allowed(self) -> bool:
         return not self._closing and (self._accepting or self._draining)
 
-    def _slot_of(self, proc: WorkerProcess) -> _Slot | None:
-        return next((s for s in self._slots if s.proc is proc), None)
-
-    def _on_message(self, proc: WorkerProcess, message: Any) -> None:
-        slot = self._slot_of(proc)
-        if slot is None:
-            return  # a replaced incarnation
-        if isinstance(message, StepProgress | PreviewImage | TextPiece):
+    def _on_message(self, slot: WorkerSlot, message: Any) -> None:
+        """A message from a slot's current process (the supervisor already handled its Ready part)."""
+        if isinstance(message, StepProgress | PreviewImage | TextPieces):
             self._on_stream(message)
         elif isinstance(message, BatchFinished):
             self._on_batch_finished(slot, message)
         elif isinstance(message, Ready):
-            if slot.start_timer is not None:
-                slot.start_timer.cancel()
-            slot.state = "idle" if not self._closing else "stopped"
-            slot.pid = message.pid
-            slot.failures_in_a_row = 0
             self._meter.image_steps = self._meter.image_steps or message.num_image_tokens
             for images, seconds in message.step_seconds:
                 self._meter.record_warmup(images, seconds, message.num_image_tokens)
-            if slot.ready is not None and not slot.ready.done():
-                slot.ready.set_result(None)
-            log.info("%s ready on %s (%s, pid %s)", slot.name, message.device, message.dtype, message.pid)
             self._wake.set()
-        elif isinstance(message, LoadFailed):
-            slot.last_error = message.message
-            error_class = getattr(errors, message.kind, ModelNotAvailable)
-            if not (isinstance(error_class, type) and issubclass(error_class, errors.JanusError)):
-                error_class = ModelNotAvailable
-            if slot.ready is not None and not slot.ready.done():
-                slot.ready.set_exception(error_class(message.message))
-            log.error("%s could not load the model: %s", slot.name, message.message)
 
-    def _on_stream(self, message: StepProgress | PreviewImage | TextPiece) -> None:
+    def _on_stream(self, message: StepProgress | PreviewImage | TextPieces) -> None:
         if isinstance(message, StepProgress):
             for job_id in message.job_ids:
                 record = self._jobs.get(job_id)
                 if record is not None and record.state == "running":
                     record.step = message.step
                     record.total = message.total
-                    record.handle._emit(Progress(job_id, message.step, message.total))
+                    record.handle.emit(Progress(job_id, message.step, message.total))
+            return
+        if isinstance(message, TextPieces):
+            for job_id, text in message.pieces:
+                record = self._jobs.get(job_id)
+                if record is not None and record.state == "running":
+                    record.step += 1
+                    record.handle.emit(TextDelta(job_id, text))
             return
         record = self._jobs.get(message.job_id)
         if record is None or record.state != "running":
             return
-        handle = record.handle
-        if isinstance(message, PreviewImage):
-            total = record.total or message.step
-            handle._emit(Progress(message.job_id, message.step, total, preview=message.png))
-        else:
-            record.step += 1
-            handle._emit(TextDelta(message.job_id, message.text))
+        total = record.total or message.step
+        record.handle.emit(Progress(message.job_id, message.step, total, preview=message.png))
 
-    def _on_batch_finished(self, slot: _Slot, message: BatchFinished) -> None:
+    def _on_batch_finished(self, slot: WorkerSlot, message: BatchFinished) -> None:
         batch = slot.batch
         if batch is None or batch.batch_id != message.batch_id:
             return  # a batch already failed by its timeout
@@ -594,67 +429,13 @@ class JanusEngine:
         )
         self._wake.set()
 
-    def _on_exit(self, proc: WorkerProcess, exitcode: int | None) -> None:
-        slot = self._slot_of(proc)
-        if slot is None:
-            return
-        if slot.start_timer is not None:
-            slot.start_timer.cancel()
-        was_ready = slot.state in ("idle", "busy", "restarting")  # restarting = recycled by a timeout
-        how = describe_exit(exitcode)
-        slot.proc = None
-        slot.pid = None
-        if slot.batch is not None:
-            batch, slot.batch = slot.batch, None
-            if batch.timer is not None:
-                batch.timer.cancel()
-            for job_id in batch.job_ids:
-                record = self._jobs.get(job_id)
-                if record is not None:
-                    reason = f"The job failed because {how}. Please try again."
-                    self._end(record, Failed(job_id, reason, "JobFailed"))
-        if slot.ready is not None and not slot.ready.done():
-            slot.ready.set_exception(ModelNotAvailable(slot.last_error or f"The model worker failed: {how}."))
-        if not self._restarts_allowed():
-            slot.state = "stopped"
-            return
-        if slot.state != "restarting" or slot.last_error is None:
-            slot.last_error = how if was_ready else (slot.last_error or how)
-        log.warning("%s: %s; restarting it", slot.name, how)
-        self._schedule_restart(slot, was_ready=was_ready)
-
-    def _schedule_restart(self, slot: _Slot, *, was_ready: bool) -> None:
-        """Restart at once after a crash of a serving worker; after failed starts, wait longer each time
-        (and tell queued jobs now if no worker is left to run them)."""
-        if was_ready:
-            delay = 0.0
-        else:
-            slot.failures_in_a_row += 1
-            delay = min(self.config.restart_backoff_max_s, 2.0**slot.failures_in_a_row)
-            if not any(s.state in ("idle", "busy") for s in self._slots if s is not slot):
-                self._fail_queued(f"The model is not available right now: {slot.last_error}")
-        slot.state = "restarting"
-        assert self._loop is not None
-        self._loop.call_later(delay, self._restart, slot)
-
-    async def _shutdown_processes(self, timeout: float) -> None:
-        """Ask every worker to exit, wait up to ``timeout``, kill the rest; no orphans either way."""
-        procs = [(slot, slot.proc) for slot in self._slots if slot.proc is not None]
-        for _, proc in procs:
-            proc.send(Shutdown())
-        deadline = time.monotonic() + timeout
-        for _, proc in procs:
-            exited = await asyncio.to_thread(proc.join, max(0.0, deadline - time.monotonic()))
-            if not exited:
-                log.warning("%s did not exit in time; killing it", proc.options.name)
-                proc.kill()
-                await asyncio.to_thread(proc.join, 5.0)
-        for slot, _ in procs:
-            slot.proc = None
-            slot.pid = None
-            slot.state = "stopped"
-            if slot.start_timer is not None:
-                slot.start_timer.cancel()
+    def _on_batch_lost(self, slot: WorkerSlot, batch: RunningBatch, reason: str) -> None:
+        """The slot's process died while running ``batch``: its jobs fail (not retried: see the module
+        docstring)."""
+        for job_id in batch.job_ids:
+            record = self._jobs.get(job_id)
+            if record is not None:
+                self._end(record, Failed(job_id, reason, "JobFailed"))
 
     # ---- job endings and queue events ------------------------------------------------------------------
 
@@ -675,7 +456,7 @@ class JanusEngine:
             self._failed += 1
         else:
             self._cancelled += 1
-        record.handle._emit(event)
+        record.handle.emit(event)
         if not self._jobs:
             self._idle.set()
         self._wake.set()  # a finished job may free its user's running cap
@@ -685,12 +466,11 @@ class JanusEngine:
         etas = self._queue_etas()
         for position, job in enumerate(self._scheduler.fair_order(), start=1):
             record = self._jobs.get(job.job_id)
-            if record is None or record.handle._last_position == position:
+            if record is None or not record.handle.note_position(position):
                 continue
-            record.handle._last_position = position
-            record.handle._emit(Queued(job.job_id, position, etas.get(job.job_id)))
+            record.handle.emit(Queued(job.job_id, position, etas.get(job.job_id)))
 
-    def _remaining_seconds(self, slot: _Slot) -> float | None:
+    def _remaining_seconds(self, slot: WorkerSlot) -> float | None:
         """Measured estimate of how long the slot's current batch still needs (0 if it is idle)."""
         batch = slot.batch
         if batch is None:

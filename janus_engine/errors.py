@@ -53,3 +53,12 @@ class JobFailed(JanusError):
 
 class JobCancelled(JanusError):
     """A job was cancelled before it finished."""
+
+
+def error_class(name: str, default: type[JanusError]) -> type[JanusError]:
+    """The error class of this module called ``name`` (as a worker reports it), or ``default`` if there is
+    no such JanusError subclass."""
+    found = globals().get(name)
+    if isinstance(found, type) and issubclass(found, JanusError):
+        return found
+    return default

@@ -13,6 +13,7 @@ import io
 import math
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -45,14 +46,19 @@ def _check_geometry(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def _extrema(im: Image.Image) -> tuple[float, float]:
+    """(lowest, highest) value of a single-band image (``getextrema`` is typed for multi-band ones too)."""
+    return cast(tuple[float, float], im.getextrema())
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any mode to 8-bit RGB; transparency is flattened onto white (how Discord shows it)."""
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # PIL's convert("L") clips 16-bit values at 255; scale the full range down instead.
-        peak = 65535 if im.mode.startswith("I;16") else max(im.getextrema()[1], 1)
+        peak = 65535 if im.mode.startswith("I;16") else max(_extrema(im)[1], 1)
         im = im.convert("I").point(lambda v: v * (255.0 / peak)).convert("L")
     elif im.mode == "F":
-        low, high = im.getextrema()
+        low, high = _extrema(im)
         span = (high - low) or 1.0
         im = im.point(lambda v: (v - low) * (255.0 / span)).convert("L")
     if im.mode == "P" and "transparency" in im.info:
@@ -75,7 +81,7 @@ def decode_user_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
+            im: Image.Image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
             _check_geometry(im.width, im.height, max_pixels)
             im.seek(0)  # animated GIF/WebP: the first frame
             im.load()

@@ -13,7 +13,7 @@ from typing import Literal
 
 from janus_engine.protocol import GenerateRequest, GenerateResult, UnderstandRequest, UnderstandResult
 
-JobKind = Literal["generate", "understand"]
+BatchKind = Literal["generate", "understand"]
 
 # ---- front -> worker ------------------------------------------------------------------------------------
 
@@ -29,7 +29,7 @@ class WorkerOptions:
 @dataclass(frozen=True)
 class RunBatch:
     batch_id: int
-    kind: JobKind
+    kind: BatchKind
     requests: tuple[GenerateRequest, ...] | tuple[UnderstandRequest, ...]
 
 
@@ -80,9 +80,11 @@ class PreviewImage:
 
 
 @dataclass(frozen=True)
-class TextPiece:
-    job_id: str
-    text: str
+class TextPieces:
+    """The text each job produced in one decoding step, as (job id, delta) pairs: one message per step for
+    the whole batch, like StepProgress."""
+
+    pieces: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)

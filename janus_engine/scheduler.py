@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from janus_engine.errors import InvalidRequest, QueueFull, UserLimitReached
-from janus_engine.ipc import JobKind
+from janus_engine.ipc import BatchKind
 from janus_engine.protocol import GenerateRequest, UnderstandRequest
 
 
@@ -30,7 +30,7 @@ class QueuedJob:
     seq: int = field(default=0)  # arrival order, assigned by the scheduler
 
     @property
-    def kind(self) -> JobKind:
+    def kind(self) -> BatchKind:
         return "generate" if isinstance(self.request, GenerateRequest) else "understand"
 
     @property
@@ -96,17 +96,11 @@ class FairScheduler:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def is_queued(self, job_id: str) -> bool:
-        return job_id in self._by_id
-
     def queued_jobs(self) -> list[QueuedJob]:
         return list(self._by_id.values())
 
     def running_of(self, user_id: str) -> int:
         return sum(1 for user in self._running.values() if user == user_id)
-
-    def queued_of(self, user_id: str) -> int:
-        return len(self._queues.get(user_id, ()))
 
     def fair_order(self) -> list[QueuedJob]:
         """Every queued job in the order the dispatcher would take them (ignoring running caps)."""
@@ -142,7 +136,7 @@ class FairScheduler:
         jobs still start in submission order. The picked jobs leave the queue and count as running.
         """
         picked: list[QueuedJob] = []
-        kind: JobKind | None = None
+        kind: BatchKind | None = None
         used = 0
         skipped_users: set[str] = set()
         extra_running: dict[str, int] = {}

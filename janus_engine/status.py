@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from janus_engine.ipc import JobKind
+from janus_engine.ipc import BatchKind
 
 WorkerState = Literal["starting", "idle", "busy", "restarting", "failed", "stopped"]
 JobState = Literal["queued", "running"]
@@ -14,7 +14,7 @@ JobState = Literal["queued", "running"]
 @dataclass(frozen=True)
 class JobInfo:
     job_id: str
-    kind: JobKind
+    kind: BatchKind
     state: JobState
     position: int | None  # 1-based queue position while queued
     eta_s: float | None  # seconds until done (estimate from measured step times), None if unknown

@@ -3,6 +3,10 @@
 Catching bad parameters here means a user hears about them at once, not after waiting in the queue, and
 a bad request never reaches a batch it could fail. The runtime repeats the checks that need the tokenizer
 (token counts against the context) when the request is prepared.
+
+Validation happens three times on purpose; do not remove one: the bot's cog (friendly messages, the
+configured bounds), the engine front here (protects the library from any caller), and the worker (screens
+each batch so one bad request fails alone).
 """
 
 from __future__ import annotations

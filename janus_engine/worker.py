@@ -4,7 +4,7 @@ This module is imported by the front (it names :func:`worker_main` as the spawn 
 import torch at module level: the runtime is imported inside the child process only.
 
 Protocol (see :mod:`janus_engine.ipc`): the worker answers ``Ready`` or ``LoadFailed``; then, for each
-``RunBatch``, it streams ``StepProgress`` / ``PreviewImage`` / ``TextPiece`` and ends with one
+``RunBatch``, it streams ``StepProgress`` / ``PreviewImage`` / ``TextPieces`` and ends with one
 ``BatchFinished``. Between decoding steps it polls the pipe (``should_cancel``), so ``CancelJobs`` stops a
 job at the next step and ``Shutdown`` stops the batch. If the front goes away (pipe closed), the worker
 exits instead of lingering as an orphan.
@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 from janus_engine.errors import JanusError
 from janus_engine.ipc import (
@@ -34,10 +34,17 @@ from janus_engine.ipc import (
     RunBatch,
     Shutdown,
     StepProgress,
-    TextPiece,
+    TextPieces,
     WorkerOptions,
 )
-from janus_engine.protocol import ModelSpec
+from janus_engine.protocol import (
+    GenerateRequest,
+    GenerateResult,
+    ModelSpec,
+    UnderstandRequest,
+    UnderstandResult,
+)
+from janus_engine.runtime_protocol import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,7 @@ class FrontGone(Exception):
     """The pipe to the front closed: stop at once."""
 
 
-class _Channel:
+class WorkerChannel:
     """The worker's end of the pipe plus the cancel requests that arrived during a batch."""
 
     def __init__(self, conn: Connection, step_delay_s: float) -> None:
@@ -57,6 +64,7 @@ class _Channel:
         self._seen_this_step: set[str] = set()
         self._progress_ids: list[str] = []
         self._progress_at: tuple[int, int] | None = None
+        self._text_pieces: list[tuple[str, str]] = []
 
     def progress(self, job_id: str, step: int, total: int) -> None:
         """Collect one job's step; a step's jobs go out together as one StepProgress message."""
@@ -71,6 +79,20 @@ class _Channel:
             self.send(StepProgress(tuple(self._progress_ids), step, total))
         self._progress_ids = []
         self._progress_at = None
+
+    def text(self, job_id: str, delta: str) -> None:
+        """Collect one job's text delta; a step's deltas go out together as one TextPieces message."""
+        self._text_pieces.append((job_id, delta))
+
+    def flush_text(self) -> None:
+        if self._text_pieces:
+            pieces, self._text_pieces = tuple(self._text_pieces), []
+            self.send(TextPieces(pieces))
+
+    def flush(self) -> None:
+        """Send what this step collected (progress, then text)."""
+        self.flush_progress()
+        self.flush_text()
 
     def send(self, message: Any) -> None:
         try:
@@ -95,7 +117,7 @@ class _Channel:
             log.warning("worker ignored unexpected message during a batch: %r", type(message).__name__)
 
     def should_cancel(self, job_id: str) -> bool:
-        self.flush_progress()  # the runtime asks after reporting a step: the front hears of it now
+        self.flush()  # the runtime asks after reporting a step: the front hears of it now
         self._pace(job_id)
         self.drain()
         return self.shutting_down or job_id in self.cancelled
@@ -115,6 +137,7 @@ class _Channel:
         self._seen_this_step.clear()
         self._progress_ids = []
         self._progress_at = None
+        self._text_pieces = []
 
 
 def _resolve_device(device: str) -> str:
@@ -129,12 +152,12 @@ def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> No
     """Spawn target: load the model, announce Ready, serve batches until Shutdown or the pipe closes."""
     # Ctrl-C in a terminal reaches the whole process group; the front decides how to shut down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel = _Channel(conn, options.step_delay_s)
+    channel = WorkerChannel(conn, options.step_delay_s)
     try:
         runtime = _load(channel, spec, options.step_delay_s)
         if runtime is None:
             return
-        _serve(channel, runtime)
+        serve(channel, runtime)
     except FrontGone:
         pass
     finally:
@@ -149,13 +172,12 @@ WARMUP_BATCHES = (1, 4)  # images per warm-up batch: two sizes give the a + b * 
 WARMUP_STEPS = 6  # decoding steps per warm-up batch; the first (prefill) is not timed
 
 
-def measure_step_times(runtime: Any, step_delay_s: float = 0.0) -> tuple[tuple[int, float], ...]:
+def measure_step_times(runtime: Runtime, step_delay_s: float = 0.0) -> tuple[tuple[int, float], ...]:
     """Run a few decoding steps at two batch sizes and return (images, seconds per step) for each.
 
     This primes what a first request would otherwise pay for (CUDA context and kernels, the caching
     allocator, lazy initialisations) and gives the engine measured step times, so the first job in a
     fresh engine gets an ETA instead of "unknown". ``step_delay_s`` (the test aid) is part of a step."""
-    from janus_engine.protocol import GenerateRequest
 
     measured: list[tuple[int, float]] = []
     for images in WARMUP_BATCHES:
@@ -175,7 +197,7 @@ def measure_step_times(runtime: Any, step_delay_s: float = 0.0) -> tuple[tuple[i
     return tuple(measured)
 
 
-def _load(channel: _Channel, spec: ModelSpec, step_delay_s: float = 0.0) -> Any:
+def _load(channel: WorkerChannel, spec: ModelSpec, step_delay_s: float = 0.0) -> Runtime | None:
     try:
         from transformers.utils import logging as hf_logging
 
@@ -212,7 +234,7 @@ def _load(channel: _Channel, spec: ModelSpec, step_delay_s: float = 0.0) -> Any:
     return runtime
 
 
-def _warm_up(runtime: Any, step_delay_s: float) -> tuple[tuple[int, float], ...]:
+def _warm_up(runtime: Runtime, step_delay_s: float) -> tuple[tuple[int, float], ...]:
     """A failed warm-up costs only the early ETA: the model loaded, so the worker still serves."""
     try:
         return measure_step_times(runtime, step_delay_s)
@@ -225,7 +247,7 @@ def _warm_up(runtime: Any, step_delay_s: float) -> tuple[tuple[int, float], ...]
 DEVICE_ERROR_EXIT = 3
 
 
-def _serve(channel: _Channel, runtime: Any) -> None:
+def serve(channel: WorkerChannel, runtime: Runtime) -> None:
     while True:
         try:
             message = channel.conn.recv()
@@ -282,7 +304,7 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_batch(channel: _Channel, runtime: Any, batch: RunBatch) -> BatchFinished:
+def run_batch(channel: WorkerChannel, runtime: Runtime, batch: RunBatch) -> BatchFinished:
     """Run one batch; if the batched call fails, retry each job alone so one bad request (or a batch too
     big for memory) fails only itself. An unrecoverable device error is not retried: the batch's jobs
     fail and the result asks the worker to exit (see :func:`is_unrecoverable_device_error`)."""
@@ -325,13 +347,15 @@ def run_batch(channel: _Channel, runtime: Any, batch: RunBatch) -> BatchFinished
     )
 
 
-def _screen(runtime: Any, requests: Sequence[Any]) -> tuple[list[Any], list[JobOutcome]]:
+def _screen(
+    runtime: Runtime, requests: Sequence[GenerateRequest | UnderstandRequest]
+) -> tuple[list[GenerateRequest | UnderstandRequest], list[JobOutcome]]:
     """Check each request of a batch before running it (token limits included): a bad one fails alone
     instead of failing the batched call and sending every other job through the slow one-by-one retry
     (which would let one user slow everybody down on purpose). A batch of one needs no screening."""
     if len(requests) < 2:
         return list(requests), []
-    valid: list[Any] = []
+    valid: list[GenerateRequest | UnderstandRequest] = []
     rejected: list[JobOutcome] = []
     for request in requests:
         try:
@@ -344,7 +368,7 @@ def _screen(runtime: Any, requests: Sequence[Any]) -> tuple[list[Any], list[JobO
 
 
 def _run_single(
-    channel: _Channel, runtime: Any, kind: str, request: Any
+    channel: WorkerChannel, runtime: Runtime, kind: str, request: GenerateRequest | UnderstandRequest
 ) -> tuple[list[JobOutcome], int, str | None]:
     try:
         single, steps = _call_runtime(channel, runtime, kind, [request])
@@ -359,7 +383,10 @@ def _run_single(
 
 
 def _call_runtime(
-    channel: _Channel, runtime: Any, kind: str, requests: Sequence[Any]
+    channel: WorkerChannel,
+    runtime: Runtime,
+    kind: str,
+    requests: Sequence[GenerateRequest | UnderstandRequest],
 ) -> tuple[list[JobOutcome], int]:
     max_step = 0
 
@@ -372,17 +399,23 @@ def _call_runtime(
         channel.flush_progress()  # keep Progress(step) before its preview
         channel.send(PreviewImage(job_id, step, png))
 
-    def on_text(job_id: str, delta: str) -> None:
-        channel.send(TextPiece(job_id, delta))
-
+    results: list[GenerateResult | None] | list[UnderstandResult | None]
     if kind == "generate":
         results = runtime.generate(
-            requests, on_progress=on_progress, on_preview=on_preview, should_cancel=channel.should_cancel
+            cast(Sequence[GenerateRequest], requests),
+            on_progress=on_progress,
+            on_preview=on_preview,
+            should_cancel=channel.should_cancel,
         )
     else:
-        results = runtime.understand(requests, on_text=on_text, should_cancel=channel.should_cancel)
-        max_step = max((r.completion_tokens for r in results if r is not None), default=0)
-    channel.flush_progress()
+        answers = runtime.understand(
+            cast(Sequence[UnderstandRequest], requests),
+            on_text=channel.text,
+            should_cancel=channel.should_cancel,
+        )
+        max_step = max((r.completion_tokens for r in answers if r is not None), default=0)
+        results = answers
+    channel.flush()
     outcomes = [
         JobOutcome(request.request_id, result) for request, result in zip(requests, results, strict=True)
     ]

@@ -6,11 +6,22 @@ Engines are started once per module (workers import torch in ~5 s) and shared by
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 from janus_engine.config import EngineConfig
 from janus_engine.engine import JobHandle
-from janus_engine.protocol import GenerateRequest, JobEvent, ModelSpec, TextSampling, Turn, UnderstandRequest
+from janus_engine.protocol import (
+    GenerateRequest,
+    GenerateResult,
+    JobEvent,
+    ModelSpec,
+    TextSampling,
+    Turn,
+    UnderstandRequest,
+    UnderstandResult,
+)
+from janus_engine.runtime_protocol import OnPreview, OnProgress, OnText, Runtime, ShouldCancel
 
 
 def tiny_engine_config(model_dir: Path, **overrides: object) -> EngineConfig:
@@ -40,10 +51,14 @@ async def collect(handle: JobHandle, timeout: float = 60.0) -> list[JobEvent]:
     return await asyncio.wait_for(run(), timeout)
 
 
-class FailingRuntime:
+class FailingRuntime(Runtime):
     """A stand-in runtime for worker-loop tests: ``generate`` raises ``error`` (built by ``make_error``)
     for any batch of at least ``fail_from`` requests and otherwise returns one None (cancelled) per request.
     Each call that fails first allocates a ``Bulky`` object, as a real call holds a KV cache."""
+
+    device = "cpu"
+    dtype_name = "float32"
+    num_image_tokens = 4
 
     def __init__(self, make_error, fail_from: int = 1) -> None:
         self.make_error = make_error
@@ -51,16 +66,38 @@ class FailingRuntime:
         self.calls: list[int] = []
         self.on_call = None  # called with the batch size before each call runs
 
-    def validate(self, request) -> None:
+    def validate(self, request: GenerateRequest | UnderstandRequest) -> None:
         """Every request is valid here: these tests are about failures while running."""
 
-    def generate(self, requests, *, on_progress, on_preview, should_cancel):
+    def generate(
+        self,
+        requests: Sequence[GenerateRequest],
+        on_progress: OnProgress | None = None,
+        on_preview: OnPreview | None = None,
+        should_cancel: ShouldCancel | None = None,
+    ) -> list[GenerateResult | None]:
         if self.on_call is not None:
             self.on_call(len(requests))
         self.calls.append(len(requests))
         if len(requests) >= self.fail_from:
             kv_cache = Bulky()  # noqa: F841 - kept alive only by this frame, as a real call's tensors are
             raise self.make_error()
+        return [None for _ in requests]
+
+    def generate_tokens(
+        self,
+        requests: Sequence[GenerateRequest],
+        on_progress: OnProgress | None = None,
+        should_cancel: ShouldCancel | None = None,
+    ) -> object:
+        return {request.request_id: None for request in requests}
+
+    def understand(
+        self,
+        requests: Sequence[UnderstandRequest],
+        on_text: OnText | None = None,
+        should_cancel: ShouldCancel | None = None,
+    ) -> list[UnderstandResult | None]:
         return [None for _ in requests]
 
 
@@ -80,7 +117,7 @@ def cuda_error() -> RuntimeError:
 
 
 def serve_failing_runtime(conn) -> None:
-    """Spawn target: the real worker loop (``_serve``) on a runtime whose every call hits a CUDA error."""
-    from janus_engine.worker import _Channel, _serve
+    """Spawn target: the real worker loop (``serve``) on a runtime whose every call hits a CUDA error."""
+    from janus_engine.worker import WorkerChannel, serve
 
-    _serve(_Channel(conn, 0.0), FailingRuntime(cuda_error))
+    serve(WorkerChannel(conn, 0.0), FailingRuntime(cuda_error))

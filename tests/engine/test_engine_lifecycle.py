@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-import janus_engine.engine as engine_module
+import janus_engine.supervisor as supervisor_module
 from janus_engine.engine import JanusEngine
 from janus_engine.errors import ModelNotAvailable, QueueFull
 from janus_engine.protocol import Failed, Progress, UnderstandResult
@@ -76,7 +76,7 @@ async def test_a_worker_that_cannot_be_spawned_is_retried_and_queued_jobs_are_to
         def no_more_processes(*args, **kwargs):
             raise OSError(11, "Resource temporarily unavailable")
 
-        monkeypatch.setattr(engine_module, "WorkerProcess", no_more_processes)
+        monkeypatch.setattr(supervisor_module, "WorkerProcess", no_more_processes)
         os.kill(engine.status().workers[0].pid, signal.SIGKILL)
         await _wait_for(lambda: "could not start" in (engine.status().workers[0].last_error or ""))
         assert engine.status().workers[0].state == "restarting"

@@ -9,7 +9,7 @@ import multiprocessing
 import pytest
 
 from janus_engine.ipc import BatchFinished, RunBatch
-from janus_engine.worker import DEVICE_ERROR_EXIT, _Channel, is_unrecoverable_device_error, run_batch
+from janus_engine.worker import DEVICE_ERROR_EXIT, WorkerChannel, is_unrecoverable_device_error, run_batch
 from tests.engine.engine_helpers import Bulky, FailingRuntime, cuda_error, gen_request, serve_failing_runtime
 
 
@@ -24,7 +24,7 @@ class OutOfMemoryError(RuntimeError):
 @pytest.fixture
 def channel():
     front, worker = multiprocessing.Pipe()
-    yield _Channel(worker, 0.0)
+    yield WorkerChannel(worker, 0.0)
     front.close()
     worker.close()
 

@@ -7,7 +7,7 @@ import multiprocessing
 
 from janus_engine.ipc import RunBatch
 from janus_engine.protocol import GenerateRequest, GenerateResult
-from janus_engine.worker import _Channel, run_batch
+from janus_engine.worker import WorkerChannel, run_batch
 
 
 class CountingRuntime:
@@ -38,7 +38,7 @@ def test_a_bad_request_fails_alone_and_the_rest_of_its_batch_runs_together(runti
                 GenerateRequest("ok-2", "a green kite", temperature=0.0),
             ),
         )
-        finished = run_batch(_Channel(worker, 0.0), counting, batch)
+        finished = run_batch(WorkerChannel(worker, 0.0), counting, batch)
     finally:
         front.close()
         worker.close()
