@@ -1,9 +1,10 @@
 """JanusEngine: the asyncio front the bot, the CLI and tests hold. It never imports torch.
 
-It owns a fair queue (:mod:`janus_engine.scheduler`), one worker process per configured device
-(:mod:`janus_engine.pool`, :mod:`janus_engine.worker`), and turns what workers report into each job's
-event stream. Everything runs on one event loop; worker messages arrive through reader threads with
-``call_soon_threadsafe``, so no state here is touched from two threads.
+It owns a fair queue (:mod:`janus_engine.scheduler`) and a WorkerSupervisor
+(:mod:`janus_engine.supervisor`: one worker process per configured device, kept alive), and turns what
+workers report into each job's event stream (:mod:`janus_engine.handle`). Everything runs on one event
+loop; worker messages arrive through reader threads with ``call_soon_threadsafe``, so no state here is
+touched from two threads.
 
 Faults, as decided for this engine:
 - A worker that dies (kill -9, segfault, out of memory) is noticed at once (its pipe reaches EOF). The
