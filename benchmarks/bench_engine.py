@@ -90,6 +90,7 @@ async def run_engine(model_dir: Path, *, users: int, singles: int, window: float
         max_queue=max(64, users),
         max_images_per_batch=16,
         batch_window_s=window,
+        preview_every=0,  # as measured before the engine's default became 96: no preview decodes
     )
     engine = JanusEngine(config)
     t0 = time.perf_counter()
