@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from bot.config import ConfigError
 from bot.launcher import setup_logging
 from janus_engine.errors import JanusError
-
-DEFAULT_MODEL = "deepseek-community/Janus-Pro-7B"
+from janus_engine.protocol import DEFAULT_MODEL, DEFAULT_QUESTION
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
@@ -62,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("describe", help="describe one or more images (through the engine)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, GIF, BMP)")
-    p.add_argument("--prompt", default="Describe this image in detail.", help="the question to ask")
+    p.add_argument("--prompt", default=DEFAULT_QUESTION, help="the question to ask")
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
     p.add_argument("--temperature", type=float, default=0.1, help="0 for greedy (default 0.1)")
     p.add_argument("--seed", type=int, default=None, help="seed for a reproducible answer")

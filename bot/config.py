@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from janus_engine.config import EngineConfig, EngineSettings, setting
-from janus_engine.protocol import ModelSpec
+from janus_engine.protocol import DEFAULT_QUESTION, ModelSpec
 
 # Conversation memory scopes (bot.store.ConversationScope): "user" = each user has their own conversation
 # per channel; "shared" = everyone in a channel shares one. Direct messages are always per user.
@@ -106,7 +106,7 @@ class UnderstandingSection:
     temperature: float = setting(0.1, lo=0.0, hi=10.0)
     top_p: float = setting(0.95, lo=0.01, hi=1.0)
     max_new_tokens: int = setting(512, lo=1, hi=4096)
-    default_question: str = "Describe this image in detail."
+    default_question: str = DEFAULT_QUESTION
     max_images_per_message: int = setting(4, lo=1, hi=10)
     max_upload_bytes: int = setting(8 * _MIB, lo=1024, hi=500 * _MIB)
     max_image_pixels: int = setting(4096 * 4096, lo=64 * 64, hi=20000 * 20000)

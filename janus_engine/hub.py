@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 
 from janus_engine.errors import ModelNotAvailable
+from janus_engine.protocol import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "deepseek-community/Janus-Pro-7B"
-KNOWN_MODELS = ("deepseek-community/Janus-Pro-7B", "deepseek-community/Janus-Pro-1B")
+KNOWN_MODELS = (DEFAULT_MODEL, "deepseek-community/Janus-Pro-1B")
 # Only what from_pretrained needs: the converted repos also carry files the native classes never read.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 # The original DeepSeek repos hold remote-code checkpoints that transformers' native classes cannot load.

@@ -16,6 +16,9 @@ Role = Literal["user", "assistant"]
 MIN_IMAGES_PER_REQUEST = 1
 MAX_IMAGES_PER_REQUEST = 16
 MAX_PROMPT_CHARS = 4000
+# Declared once here; the bot's config, the CLI and the hub helpers take them from this module.
+DEFAULT_MODEL = "deepseek-community/Janus-Pro-7B"
+DEFAULT_QUESTION = "Describe this image in detail."
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class ModelSpec:
     means bf16 on CUDA and fp32 on CPU. ``attn_implementation`` None lets transformers choose (sdpa).
     """
 
-    model: str = "deepseek-community/Janus-Pro-7B"
+    model: str = DEFAULT_MODEL
     device: str = "cpu"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: str | None = None
