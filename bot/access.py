@@ -18,6 +18,8 @@ from bot.store import ConversationKey, ConversationScope, ServerSettings, Store
 
 
 class Access:
+    """Built once by the Bot; it takes a getter for the config (not the config) so reloads apply."""
+
     def __init__(self, config: Callable[[], BotConfig], store: Store) -> None:
         self._config = config
         self._store = store
