@@ -12,16 +12,71 @@ PostgreSQL needs none of this; the hooks are only installed for SQLite URLs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from janus_engine.errors import InvalidRequest
 
 BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "janus_write"  # execution option: this connection's transaction will write
 SINGLE_STATEMENT_OPTION = "janus_single_statement"  # execution option: one read, no BEGIN needed
+
+
+EXAMPLE_URLS = "sqlite+aiosqlite:///PATH/janus-bot.db or postgresql+asyncpg://USER:PASSWORD@HOST/DBNAME"
+# The async driver to name when a URL asks for a synchronous one, and the package that provides it.
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, fit for logs and messages (the raw text if it does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def check_database_url(url: str) -> URL:
+    """Parse ``url`` and make sure the store can use it, or raise :class:`InvalidRequest` with one line
+    that says what to write instead: not a URL, an unknown kind of database, a synchronous driver (the
+    store is async: ``sqlite+aiosqlite``, ``postgresql+asyncpg``), or an async driver that is not
+    installed (``pip install asyncpg``). Touches no file and opens no connection."""
+    shown = display_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidRequest(f"{shown!r} is not a database URL; write {EXAMPLE_URLS}") from None
+    backend = parsed.get_backend_name()
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise InvalidRequest(
+            f"{shown}: unknown database kind {parsed.drivername!r}; write {EXAMPLE_URLS}"
+        ) from None
+    if not getattr(dialect, "is_async", False):
+        driver = ASYNC_DRIVERS.get(backend)
+        if driver is None:
+            raise InvalidRequest(
+                f"{shown}: {parsed.drivername!r} is a synchronous driver; write {EXAMPLE_URLS}"
+            )
+        fixed = shown.replace(parsed.drivername, f"{backend}+{driver}", 1)
+        raise InvalidRequest(
+            f"{shown}: {parsed.drivername!r} is a synchronous driver and the bot is async; "
+            f"use the {driver} driver: {fixed}"
+        )
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        package = parsed.get_driver_name()
+        raise InvalidRequest(
+            f"{shown}: the {package} driver is not installed; pip install {package}"
+        ) from None
+    return parsed
 
 
 def ensure_sqlite_parent_dir(url: str) -> None:
@@ -32,7 +87,9 @@ def ensure_sqlite_parent_dir(url: str) -> None:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+asyncpg://``)."""
+    """An async engine for ``url`` (``sqlite+aiosqlite://`` or ``postgresql+asyncpg://``); a URL the store
+    cannot use raises :class:`InvalidRequest` (see :func:`check_database_url`)."""
+    check_database_url(url)
     ensure_sqlite_parent_dir(url)
     if make_url(url).get_backend_name() == "sqlite":
         # Every store call ends its transaction itself (commit or rollback through SQLAlchemy), so the

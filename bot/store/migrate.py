@@ -9,45 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.store.database import WRITE_OPTION, create_engine
+from bot.store.inspect import alembic_config, head_revision, migrations_dir
+
+__all__ = ["alembic_config", "head_revision", "migrations_dir"]  # re-exported: their home is inspect
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.engine import Connection
-
-# Alembic logs one INFO line per built-in plugin when it is first imported (below, lazily, so that
-# importing this module stays cheap); those lines say nothing to an operator.
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-
-def migrations_dir() -> Path:
-    import migrations
-
-    return Path(migrations.__file__).resolve().parent
-
-
-def alembic_config(url: str | None = None, *, output_buffer: TextIO | None = None) -> Config:
-    """An Alembic Config for the packaged migrations (no ini file involved). ``output_buffer`` receives
-    the SQL of offline (``sql=True``) runs."""
-    from alembic.config import Config
-
-    cfg = Config(output_buffer=output_buffer)
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    if url is not None:
-        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # the option parser interpolates %
-    return cfg
-
-
-def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def _run_on_engine(engine: AsyncEngine, action: str, revision: str, cfg: Config) -> None:
