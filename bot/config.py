@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from janus_engine.config import EngineConfig, EngineSettings, setting
+from janus_engine.devices import DEVICE_FORMS, parse_device
+from janus_engine.errors import InvalidRequest
 from janus_engine.protocol import DEFAULT_QUESTION, ModelSpec
 
 # Conversation memory scopes (bot.store.ConversationScope): "user" = each user has their own conversation
@@ -40,7 +42,6 @@ MEMORY_SCOPES: tuple[str, ...] = get_args(MemoryScope)
 NSFW_POLICIES: tuple[str, ...] = get_args(NsfwPolicy)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
-_DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIB = 1024 * 1024
 # Prompts matching these count as NSFW for access.nsfw_policy (Janus has no image classifier of its own).
@@ -315,12 +316,13 @@ def _check_across(cfg: BotConfig) -> BotConfig:
             "not the token itself"
         )
 
-    devices = cfg.model.devices
-    if not devices:
+    if not cfg.model.devices:
         raise ConfigError('model.devices: needs at least one device ("cuda:0", "cpu")')
-    for d in devices:
-        if not _DEVICE_RE.match(d):
-            raise ConfigError(f"model.devices: {d!r} is not a device (use cpu, cuda or cuda:N)")
+    try:
+        devices = tuple(parse_device(d) for d in cfg.model.devices)
+    except InvalidRequest:
+        bad = next(d for d in cfg.model.devices if not _is_device(d))
+        raise ConfigError(f"model.devices: {bad!r} is not a device (use {DEVICE_FORMS})") from None
     if len(set(devices)) != len(devices) and "cpu" not in devices:
         raise ConfigError("model.devices: a GPU is listed twice (one worker per GPU)")
     if not cfg.model.model.strip():
@@ -364,9 +366,18 @@ def _check_across(cfg: BotConfig) -> BotConfig:
 
     return dataclasses.replace(
         cfg,
+        model=dataclasses.replace(cfg.model, devices=devices),
         database=dataclasses.replace(cfg.database, url=url),
         logging=dataclasses.replace(cfg.logging, level=level),
     )
+
+
+def _is_device(name: str) -> bool:
+    try:
+        parse_device(name)
+    except InvalidRequest:
+        return False
+    return True
 
 
 def load_config(path: str | Path) -> BotConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from janus_engine.devices import parse_device
 from janus_engine.errors import InvalidRequest
 from janus_engine.protocol import ModelSpec
 
@@ -65,7 +66,9 @@ class EngineConfig(EngineSettings):
     """The settings plus what to run them on: the model and one worker process per device.
 
     ``model.device`` is ignored: ``devices`` decides, one worker process per entry ("cuda:0", "cuda:1",
-    "cpu", or "auto" = cuda when the worker sees a GPU, else cpu).
+    "cpu", "mps", or "auto" = cuda when the worker sees a GPU, else cpu). A name of another form is refused
+    here, when the config is built (:func:`janus_engine.devices.parse_device`); whether the device exists
+    in the workers' torch is checked by each worker before it loads the model.
     """
 
     model: ModelSpec
@@ -78,6 +81,7 @@ class EngineConfig(EngineSettings):
     def __post_init__(self) -> None:
         if not self.devices:
             raise InvalidRequest("The engine needs at least one device.")
+        object.__setattr__(self, "devices", tuple(parse_device(d) for d in self.devices))
         super().__post_init__()
 
     @classmethod

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from janus_engine.errors import JanusError
+from janus_engine.devices import device_problem, resolve_device
+from janus_engine.errors import JanusError, ModelNotAvailable
 from janus_engine.ipc import (
     BatchFinished,
     CancelJobs,
@@ -140,14 +141,6 @@ class WorkerChannel:
         self._text_pieces = []
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> None:
     """Spawn target: load the model, announce Ready, serve batches until Shutdown or the pipe closes."""
     # Ctrl-C in a terminal reaches the whole process group; the front decides how to shut down.
@@ -206,7 +199,8 @@ def _load(channel: WorkerChannel, spec: ModelSpec, step_delay_s: float = 0.0) ->
         hf_logging.disable_progress_bar()
         from janus_engine.runtime import JanusRuntime
 
-        spec = dataclasses.replace(spec, device=_resolve_device(spec.device))
+        _check_device(spec.device)
+        spec = dataclasses.replace(spec, device=resolve_device(spec.device))
         if spec.device.startswith("cuda:"):
             import torch
 
@@ -232,6 +226,14 @@ def _load(channel: WorkerChannel, spec: ModelSpec, step_delay_s: float = 0.0) ->
         )
     )
     return runtime
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this torch build does not have, in one line, before anything touches it (on a
+    CPU-only torch, ``torch.cuda.set_device`` fails with an AttributeError about ``torch._C``)."""
+    problem = device_problem(device)
+    if problem is not None:
+        raise ModelNotAvailable(problem)
 
 
 def _warm_up(runtime: Runtime, step_delay_s: float) -> tuple[tuple[int, float], ...]:
