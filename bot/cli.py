@@ -2,36 +2,82 @@
 
 Every subcommand imports its implementation lazily, so ``janus-bot --help`` and the bot-facing commands
 start fast and never pull torch into a process that does not need it (the logging set-up comes from
-:mod:`bot.launcher`, whose own heavy imports wait for its commands). Errors this package raises on
-purpose (``JanusError`` and ``ConfigError``) end with one readable line and exit status 2, never a
-traceback.
+:mod:`bot.launcher`, whose own heavy imports wait for its commands).
+
+Exit status 2 and one line on stderr, never a traceback, for:
+
+- a usage error (argparse's message in one line, without the multi-line usage; ``--device`` is checked
+  here, at parse time);
+- errors this package raises on purpose (``JanusError``, ``ConfigError``), which carry the readable
+  message: handlers check their inputs and raise these rather than let an OSError or a driver error out;
+- as a last resort, any other exception: ``janus-bot CMD: unexpected error: Type: message (run with -v
+  for the traceback)``; the traceback is logged at debug level, so ``-v`` shows it.
+
+Ctrl-C is "interrupted" and 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from bot.config import ConfigError
 from bot.launcher import setup_logging
 from janus_engine.errors import JanusError
 from janus_engine.protocol import DEFAULT_MODEL, DEFAULT_QUESTION
 
+DB_DESCRIPTION = """\
+Alembic migrations of the bot's database (the URL of --url, else [database] url of --config or of
+./config.toml; a relative SQLite path is relative to the config file's folder).
+
+  upgrade [REV]        bring the schema to REV (default head); creates the SQLite file, never its folder
+  downgrade REV        go back to REV (-1, an id, or base = drop every table); this destroys data, so it
+                       asks you to type yes on a terminal, and needs --yes when there is none (scripts).
+                       Before changing anything it writes a backup of a SQLite file next to it,
+                       e.g. janus-bot.db.backup-20261203T174500Z, and prints its path (restore: stop the
+                       bot, move the backup over the file). For PostgreSQL no backup is made: use pg_dump.
+  current              show the revision; read-only, creates nothing
+
+Bad input (unknown revision, missing file, not a database, wrong driver) ends with one line, exit 2.
+"""
+
+
+def device_arg(text: str) -> str:
+    """``--device``: exactly the forms the config's ``[engine] devices`` accepts (cpu, cuda, cuda:N, mps,
+    auto; :func:`janus_engine.devices.parse_device`, torch-free), refused at parse time instead of after a
+    worker started."""
+    from janus_engine.devices import parse_device
+
+    try:
+        return parse_device(text)
+    except JanusError as exc:
+        raise argparse.ArgumentTypeError(getattr(exc, "user_message", str(exc))) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage of a subcommand wraps over several)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _add_model_args(p: argparse.ArgumentParser, *, default_model: str | None = DEFAULT_MODEL) -> None:
     p.add_argument("--model", default=default_model, help="hub id or local directory (default: %(default)s)")
     p.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)"
+        "--device",
+        type=device_arg,
+        default=None,
+        help="auto, cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)",
     )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="janus-bot", description="A self-hosted Discord bot for DeepSeek's Janus-Pro."
-    )
+    parser = _Parser(prog="janus-bot", description="A self-hosted Discord bot for DeepSeek's Janus-Pro.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -76,19 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny-model", help="write a tiny random Janus checkpoint (tests, demo)")
     p.add_argument("directory", help="folder to write the checkpoint to")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     p.set_defaults(handler="janus_engine.tiny:make_tiny_model_command")
 
-    p = sub.add_parser("db", help="database migrations")
+    p = sub.add_parser(
+        "db",
+        help="database migrations (upgrade, downgrade with a backup, current)",
+        description=DB_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default=None, help="config file whose database URL to use")
     p.add_argument("--url", default=None, help="database URL (overrides the config)")
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    dbsub.add_parser("upgrade", help="upgrade to the newest revision").add_argument(
-        "revision", nargs="?", default="head"
+    dbsub.add_parser(
+        "upgrade", help="upgrade to the newest revision (creates the database file, not its folder)"
+    ).add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    down = dbsub.add_parser(
+        "downgrade", help="downgrade to REV after a confirmation and a backup (drops tables and data)"
     )
-    dbsub.add_parser("downgrade", help="downgrade to a revision").add_argument(
-        "revision", nargs="?", default="-1"
-    )
-    dbsub.add_parser("current", help="show the current revision")
+    down.add_argument("revision", help="target revision: an id, -1 for one step back, or base (drops all)")
+    down.add_argument("-y", "--yes", action="store_true", help="do not ask (scripts); a backup is still made")
+    dbsub.add_parser("current", help="show the current revision (read-only; creates nothing)")
     p.set_defaults(handler="bot.store.migrate:db_command")
     return parser
 
@@ -114,6 +168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last resort: a bug or an unforeseen failure is still one line
+        logging.getLogger("janus-bot").debug("janus-bot %s failed", args.command, exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"janus-bot {args.command}: unexpected error: {type(exc).__name__}: {first} "
+            "(run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -243,8 +243,13 @@ async def _script(
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    """``janus-bot demo [-o DIR]``. An output path that is a file or cannot be created or written ends
+    with one line and exit status 2 before anything starts."""
+    from janus_engine.cli_jobs import writable_output_dir
+
+    output = writable_output_dir(Path(args.output))
     # The transcript is the output: keep library logs (discord.py's voice warnings, ...) quiet.
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("discord").setLevel(logging.ERROR)
-    asyncio.run(_run_demo(Path(args.output)))
+    asyncio.run(_run_demo(output))
     return 0

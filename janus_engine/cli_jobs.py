@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +63,53 @@ def _job_id(kind: str) -> str:
 # ---- imagine ----------------------------------------------------------------------------------------------
 
 
+def writable_output_dir(path: Path) -> Path:
+    """Make sure ``path`` is a folder this process can write into, before any work starts: create it
+    (and its parents) and write and delete a probe file in it. Raises :class:`InvalidRequest` with one
+    line otherwise (a file in the way, a read-only or missing mount, no permission)."""
+    if path.exists() and not path.is_dir():
+        raise InvalidRequest(f"{path} exists and is not a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot create the output folder {path}: {exc.strerror or exc}.") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".janus-write-test-", dir=path)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write in the output folder {path}: {exc.strerror or exc}.") from None
+    return path
+
+
+def _write_images(
+    out_dir: Path, names: Sequence[str], images: Sequence[bytes]
+) -> tuple[list[Path], str | None]:
+    """Write the images into ``out_dir``; if that fails now (disk full, folder removed meanwhile), into a
+    fresh temporary folder instead, so a finished generation is never lost. Returns the paths and, after
+    a fallback, the reason."""
+    try:
+        paths = [out_dir / name for name in names]
+        for path, png in zip(paths, images, strict=True):
+            path.write_bytes(png)
+        return paths, None
+    except OSError as exc:
+        reason = f"cannot write to {out_dir} ({exc.strerror or exc})"
+    fallback = Path(tempfile.mkdtemp(prefix="janus-imagine-"))
+    paths = [fallback / name for name in names]
+    for path, png in zip(paths, images, strict=True):
+        path.write_bytes(png)
+    return paths, reason
+
+
 def imagine_command(args: argparse.Namespace) -> int:
+    """``janus-bot imagine PROMPT``: exit 0 with the image paths on stdout; 2 for a bad input, found before
+    the model loads (the output folder is created and tried first); 1 when the images could not be
+    written to the output folder after all and were saved to a temporary folder instead (it says where).
+    """
     request = GenerateRequest(
         request_id=_job_id("imagine"),
         prompt=args.prompt,
@@ -71,18 +119,18 @@ def imagine_command(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     validate_generate_request(request)
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidRequest(f"{out_dir} exists and is not a folder.")
+    out_dir = writable_output_dir(Path(args.output))
     result = asyncio.run(_imagine(_engine_config(args, 1), request))
     assert isinstance(result, GenerateResult)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = _slug(args.prompt)
     seed_part = f"-s{result.seed}" if result.seed is not None else ""
-    for index, png in enumerate(result.images, start=1):
-        path = out_dir / f"{stem}{seed_part}-{index}.png"
-        path.write_bytes(png)
+    names = [f"{stem}{seed_part}-{index}.png" for index in range(1, len(result.images) + 1)]
+    paths, failure = _write_images(out_dir, names, result.images)
+    for path in paths:
         print(path)
+    if failure is not None:
+        _say(f"janus-bot imagine: {failure}; the images are in {paths[0].parent} instead")
+        return 1
     return 0
 
 

@@ -148,9 +148,7 @@ def _build_config(tokenizer):
         projection_dim=64,
         image_token_embed_dim=64,
     )
-    return JanusConfig(
-        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids(IMAGE_TOKEN)
-    )
+    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids(IMAGE_TOKEN))
 
 
 def _liven_weights(model, generator) -> None:
@@ -228,7 +226,41 @@ def build_processor(tokenizer, *, image_size: int, num_image_tokens: int):
 
 
 def make_tiny_model_command(args: argparse.Namespace) -> int:
-    """``janus-bot make-tiny-model DIR [--seed N]``."""
-    path = build_tiny_checkpoint(args.directory, seed=args.seed)
+    """``janus-bot make-tiny-model DIR [--seed N] [--force]``.
+
+    Refused with one line (exit status 2, before torch is imported): an empty path, a path that is a
+    file, a folder that is not empty (unless ``--force``, which writes over the checkpoint files in it),
+    and a folder that cannot be created or written to.
+    """
+    from janus_engine.errors import InvalidRequest
+
+    if not str(args.directory).strip():
+        raise InvalidRequest(
+            "the checkpoint folder must be named (an empty path would write into the current one)"
+        )
+    path = Path(args.directory)
+    if path.exists() and not path.is_dir():
+        raise InvalidRequest(f"{path} exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not getattr(args, "force", False):
+        raise InvalidRequest(
+            f"{path} is not empty; pick a new folder, or add --force to write over its files"
+        )
+    _check_writable(path)
+    path = build_tiny_checkpoint(path, seed=args.seed)
     print(f"wrote a tiny random Janus checkpoint to {path} (load it with --model {path})")
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    import os
+    import tempfile
+
+    from janus_engine.errors import InvalidRequest
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".janus-write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write the checkpoint to {path}: {exc.strerror or exc}.") from None
