@@ -345,7 +345,11 @@ class InteractionOutlet(_MessageIdRecorder):
                     raise
                 self.expired = True
                 ids.clear()
-        chunks = split_message(f"<@{self.user_id}> " + ("\n".join([text, *notes]) if notes else text))
+        # A new message nobody is watching names its requester, once: an image result's header already
+        # starts with the mention, an answer does not.
+        body = "\n".join([text, *notes]) if notes else text
+        mention = f"<@{self.user_id}>"
+        chunks = split_message(body if body.startswith(mention) else f"{mention} {body}")
         first: dict[str, Any] = {
             "content": chunks[0],
             "files": to_files(files),

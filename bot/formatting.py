@@ -6,7 +6,24 @@ Kept free of discord.py objects so it is trivially testable and so every message
 
 from __future__ import annotations
 
+import re
+
 MAX_CONTENT = 2000
+
+# An ANSI escape sequence (CSI "ESC [ ... final byte", or a two-byte ESC sequence) goes as a whole, so no
+# "[31m" is left behind; then every other C0/C1 control character but newline and tab.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_control(text: str) -> str:
+    """Model text without terminal escapes and control characters (``\\n`` and ``\\t`` stay).
+
+    A model (the tiny random one in tests and demos, or a real one off the rails) can emit ESC, NUL, BEL
+    and the like: they would colour or scramble the operator's terminal and sit invisibly in Discord
+    messages and in the stored conversation. ``\\r\\n`` becomes ``\\n``."""
+    text = _ANSI_ESCAPE.sub("", text.replace("\r\n", "\n"))
+    return _CONTROL.sub("", text)
 
 
 def progress_bar(step: int, total: int, width: int = 20) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.delivery import InteractionOutlet, LatestProgress, Outlet, finish_if_open, follow_job, quietly
 from bot.errors import Refusal
-from bot.formatting import clip, queue_line
+from bot.formatting import clip, queue_line, strip_control
 from bot.limits import CHAT
 from bot.policy import Requester, check_prompt
 from bot.store import ContextBudget, ConversationRef, JobKind, JobStatus, ServerSettings
@@ -173,14 +173,15 @@ class _AnswerRender:
 
     async def step(self, event: Progress | TextDelta) -> None:
         if isinstance(event, TextDelta):
-            self.answer += event.text
-            await self.progress.update(clip(self.answer + " ▌"), **self.view_kw)
+            self.answer += event.text  # raw: an escape sequence may span two deltas
+            await self.progress.update(clip(strip_control(self.answer) + " ▌"), **self.view_kw)
 
     async def done(self, result: GenerateResult | UnderstandResult) -> None:
         if not isinstance(result, UnderstandResult):
             raise TypeError(f"a question ended with {type(result).__name__}")
         bot = self.bot
-        self.answer = result.text.strip() or "(the model gave an empty answer)"
+        # Posted and stored without terminal escapes or control characters (a model can emit them).
+        self.answer = strip_control(result.text).strip() or "(the model gave an empty answer)"
         bot_turn_id = await _remember(bot, self.q, self.conv, self.answer)
         ids = await self.outlet.final(self.answer, view=None)
         self.delivered = True

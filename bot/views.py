@@ -194,27 +194,57 @@ def result_view(job_id: str, n_images: int) -> ui.View:
     return view
 
 
+EDIT_MODAL_PREFIX = "janus:editmodal:"
+_EDIT_MODAL = re.compile(rf"{EDIT_MODAL_PREFIX}{_JOB}")
+_PROMPT_FIELD = "prompt"
+
+
 class EditPromptModal(ui.Modal, title="Edit prompt"):
-    """Pre-filled with the job's prompt; submitting starts a new job with the same parameters."""
+    """Pre-filled with the job's prompt; submitting starts a new job with the same parameters.
+
+    Only the form: discord.py keeps a sent modal in memory and forgets it after its timeout or with the
+    process, and a submission it does not know is never answered ("This interaction failed"). So this
+    modal is stopped before it is sent (discord.py then stores nothing), and the submission is handled by
+    its custom_id, ``janus:editmodal:<job id>``, which :func:`edit_modal_submission` reads back: it works
+    after any restart and however long the form stayed open.
+    """
 
     prompt: ui.TextInput[Any] = ui.TextInput(
-        label="Prompt", custom_id="prompt", style=discord.TextStyle.paragraph, max_length=1000
+        label="Prompt", custom_id=_PROMPT_FIELD, style=discord.TextStyle.paragraph, max_length=1000
     )
 
     def __init__(self, job_id: str, prompt: str, max_chars: int) -> None:
-        # A modal lives as long as the interaction that opened it (15 minutes); forget it after that.
-        super().__init__(timeout=15 * 60, custom_id=f"janus:editmodal:{job_id}")
+        super().__init__(timeout=None, custom_id=f"{EDIT_MODAL_PREFIX}{job_id}")
         self.job_id = job_id
         self.prompt.default = prompt[:max_chars]
         self.prompt.max_length = max_chars
+        self.stop()  # nothing to wait for in memory: see edit_modal_submission
 
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        itx: Interaction = interaction
-        await imagine_actions(itx).submit_edited(itx, self.job_id, str(self.prompt.value))
 
-    # discord.py's Modal.on_error itself drops BaseView.on_error's ``item``; this mirrors Modal's.
-    async def on_error(  # type: ignore[override]
-        self, interaction: discord.Interaction[Any], error: Exception, /
-    ) -> None:
-        itx: Interaction = interaction
-        await itx.client.report_error(itx, error)
+def edit_modal_submission(interaction: discord.Interaction[Any]) -> tuple[str, str] | None:
+    """``(job id, prompt)`` when ``interaction`` submits an Edit-prompt modal, else None.
+
+    Read from the submission itself (``data.custom_id`` and the text input's value in
+    ``data.components``, in an action row or a label), so no state from the process that opened it is
+    needed."""
+    if interaction.type is not discord.InteractionType.modal_submit:
+        return None
+    data: Any = interaction.data or {}
+    match = _EDIT_MODAL.fullmatch(str(data.get("custom_id", "")))
+    if match is None:
+        return None
+    value = _field_value(data.get("components") or [], _PROMPT_FIELD)
+    return match["job"], value or ""
+
+
+def _field_value(components: list[Any], custom_id: str) -> str | None:
+    for component in components:
+        if not isinstance(component, dict):
+            continue
+        if component.get("custom_id") == custom_id and "value" in component:
+            return str(component["value"])
+        nested = component.get("components") or ([component["component"]] if "component" in component else [])
+        found = _field_value(nested, custom_id)
+        if found is not None:
+            return found
+    return None

@@ -1,7 +1,8 @@
 """User image decoding and validation, PNG encoding and grids. PIL only: the bot imports this module.
 
 Uploads come from strangers, so decoding is defensive: only PNG, JPEG, WebP, GIF and BMP are opened, the
-pixel count is checked from the header before any pixel is decoded (decompression bombs), every failure
+pixel count is checked from the header before any pixel is decoded (decompression bombs), an image of
+any size down to 1x1 and any aspect ratio is accepted (only an empty one is not), every failure
 becomes an ``InvalidImage`` / ``ImageTooLarge`` whose message a Discord user can act on, and whatever the
 source mode (palette, RGBA, CMYK, 16-bit, greyscale, EXIF-rotated) the result is plain upright RGB.
 """
@@ -23,10 +24,31 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # Discord's own attachment limit for most servers
 MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; Janus sees 384x384 anyway
 MAX_SIDE = 16_384
-MIN_SIDE = 8
-MAX_ASPECT = 20.0  # a 20:1 strip becomes a ~19-pixel band at 384x384: nothing left to see
+MIN_SIDE = 8  # smaller, or thinner than MAX_ASPECT, and an upload is padded to a square (normalize_upload)
+MAX_ASPECT = 20.0  # a 20:1 strip would be a ~19-pixel band at 384x384: padded to a square, it is all there
 STORE_MAX_SIDE = 1024  # normalized uploads are downscaled to this (the model needs 384)
 _WHITE = (255, 255, 255)
+PAD_COLOUR = (127, 127, 127)  # Janus's processor pads to a square with its image mean, this grey
+
+# The first bytes of each accepted format, so an upload whose type nobody declared can be recognised
+# from its content alone (nothing is decoded).
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The MIME type of PNG, JPEG, WebP, GIF or BMP bytes, from their signature; None for anything else."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    return None
 
 
 def _check_geometry(width: int, height: int, max_pixels: int) -> None:
@@ -35,15 +57,8 @@ def _check_geometry(width: int, height: int, max_pixels: int) -> None:
             f"That image is {width}x{height} pixels, too large to process "
             f"(limit {max_pixels // 1_000_000} megapixels, {MAX_SIDE} pixels a side)."
         )
-    if min(width, height) < MIN_SIDE:
-        raise InvalidImage(
-            f"That image is only {width}x{height} pixels; it needs at least {MIN_SIDE} a side."
-        )
-    if max(width, height) / min(width, height) > MAX_ASPECT:
-        raise InvalidImage(
-            f"That image is {width}x{height} pixels, too long and thin to look at "
-            f"(aspect ratio above {MAX_ASPECT:g}:1)."
-        )
+    if width < 1 or height < 1:
+        raise InvalidImage(f"That image is {width}x{height} pixels: there is nothing in it to look at.")
 
 
 def _extrema(im: Image.Image) -> tuple[float, float]:
@@ -88,6 +103,10 @@ def decode_user_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge("That image is too large to process (decompression bomb protection).") from None
     except UnidentifiedImageError:
+        if sniff_image_type(data) is not None:  # it starts like an image PIL reads: a broken or empty one
+            raise InvalidImage(
+                "That image could not be decoded: it is corrupt or has no pixels. Try saving it again."
+            ) from None
         raise InvalidImage(
             "That file is not an image I can read. Send a PNG, JPEG, WebP, GIF or BMP."
         ) from None
@@ -124,7 +143,22 @@ def normalize_upload(
     if max(im.size) > max_side:
         im = im.copy()
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return encode_png(im)
+    return encode_png(pad_to_square_if_degenerate(im))  # after the downscale: a bounded square
+
+
+def pad_to_square_if_degenerate(im: Image.Image) -> Image.Image:
+    """A tiny (under MIN_SIDE) or very thin (beyond MAX_ASPECT) image centred on a grey square.
+
+    Janus's processor resizes anything (it fits the long side to 384 and pads to a square itself), so
+    such images are accepted; padding them here first keeps what is stored and sent a plain square that
+    any processor handles, and a 1x1 dot or a 4000x3 line stays visible as what it is."""
+    w, h = im.size
+    if min(w, h) >= MIN_SIDE and max(w, h) / min(w, h) <= MAX_ASPECT:
+        return im
+    side = max(w, h, MIN_SIDE)
+    square = Image.new("RGB", (side, side), PAD_COLOUR)
+    square.paste(im, ((side - w) // 2, (side - h) // 2))
+    return square
 
 
 def compose_grid(pngs: Sequence[bytes], *, gap: int = 4) -> bytes:

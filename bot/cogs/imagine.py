@@ -1,5 +1,8 @@
 """/imagine and the buttons under its images (Re-roll, Edit prompt, Delete).
 
+The Edit-prompt modal is answered by its custom_id (``on_interaction``), like the buttons, so a form
+opened before a restart, or left open for hours, still starts its job.
+
 Flow: cheap checks (access, prompt, limits) -> the job is recorded -> the engine accepts it (or refuses at
 once: queue full, user limit) -> defer within Discord's 3 s -> a background follower shows the queue
 position and ETA, a progress bar edited at most once a second (with the engine's preview images), then
@@ -29,6 +32,7 @@ from bot.views import (
     EditPromptButton,
     EditPromptModal,
     RerollButton,
+    edit_modal_submission,
     progress_view,
     result_view,
 )
@@ -212,6 +216,19 @@ class ImagineCog(commands.Cog):
         await self.bot.access.admit(self.bot.access.requester(interaction))
         modal = EditPromptModal(job.id, job.prompt, self.bot.config.generation.max_prompt_chars)
         await interaction.response.send_modal(modal)
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """An Edit-prompt modal submitted, whenever and by whichever process it was opened: the job id and
+        the prompt come from the submission (discord.py keeps no modal in memory for it)."""
+        submission = edit_modal_submission(interaction)
+        if submission is None:
+            return
+        job_id, prompt = submission
+        try:
+            await self.submit_edited(interaction, job_id, prompt)
+        except Exception as exc:
+            await self.bot.report_error(interaction, exc)
 
     async def submit_edited(self, interaction: discord.Interaction, job_id: str, prompt: str) -> None:
         job = await self._job(job_id)
