@@ -4,6 +4,8 @@ The launcher opens what the bot uses and closes it again (RoboDanny's ``launcher
 (schema upgraded at start), the engine (worker processes started and the model loaded), and then
 ``JanusBot`` gets both passed in. The Bot itself only wires Discord (see :mod:`bot.app`).
 
+``janus-bot check`` lives in :mod:`bot.preflight` (read-only); this module only prints its lines.
+
 The heavy imports (discord.py, SQLAlchemy, the engine) happen inside the commands, so that
 ``janus-bot --help`` and the engine-only subcommands, which only need :func:`setup_logging`, start fast.
 """
@@ -27,13 +29,21 @@ log = logging.getLogger(__name__)
 
 def setup_logging(config: BotConfig | None = None, *, verbose: bool = False) -> None:
     """The one logging set-up of the ``janus-bot`` command: a stderr handler (unless the process already
-    has one), then, once a config is known, its level and its log file."""
+    has one), then, once a config is known, its level and its log file.
+
+    A log file in a folder that does not exist is a ConfigError (a typo'd path is reported, not created)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
     if config is None:
         return
     set_log_levels(logging.DEBUG if verbose else config.logging.level)
     if config.logging.file:
-        handler = logging.FileHandler(config.logging.file, encoding="utf-8")
+        path = Path(config.logging.file).expanduser()
+        if not path.parent.is_dir():
+            raise ConfigError(f"logging.file: folder {path.parent} does not exist")
+        try:
+            handler = logging.FileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"logging.file: cannot open {path}: {exc.strerror or exc}") from None
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logging.getLogger().addHandler(handler)
 
@@ -57,6 +67,10 @@ async def serve(
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """``janus-bot run``: the devices are checked and the model loaded (the engine started) before the
+    bot logs in to Discord, so a broken device or model never gets as far as the gateway. What goes wrong
+    on purpose ends as a ConfigError or JanusError: one line and exit status 2 from :func:`bot.cli.main`."""
+    import aiohttp
     import discord
 
     config = load_config(args.config)
@@ -73,52 +87,33 @@ def run_command(args: argparse.Namespace) -> int:
             "discord.message_content_intent is true but the intent is not enabled for this bot in the "
             "developer portal (Bot -> Privileged Gateway Intents)"
         ) from None
+    except (aiohttp.ClientConnectionError, discord.GatewayNotFound) as exc:
+        raise ConfigError(f"cannot reach Discord at {_discord_base()}: {_reason(exc)}") from None
     return 0
 
 
+def _discord_base() -> str:
+    from discord.http import Route
+
+    return Route.BASE
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a connection failure (aiohttp's messages name the host and the OS error)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def check_command(args: argparse.Namespace) -> int:
-    """Validate the config, the database and the model without connecting to Discord or loading torch."""
-    from bot.store import Store
-    from bot.tokens import load_model_facts
+    """``janus-bot check``: what ``run`` will need, one line per item (see :mod:`bot.preflight`), without
+    connecting to Discord, loading the model or writing anything.
+
+    Exit status: 0 when every item is OK (WARNING lines included), 1 when any item is a PROBLEM; a config
+    that cannot be loaded is a ConfigError (one line on stderr, exit status 2 from the CLI)."""
+    from bot.preflight import exit_status, run_checks
 
     config = load_config(args.config)
-    problems = 0
-    print(f"config: {config.source} is valid")
-    try:
-        config.read_token()
-        print(f"token: {config.discord.token_env} is set")
-    except ConfigError as exc:
-        problems += 1
-        print(f"token: PROBLEM - {exc}")
-
-    async def check_db() -> str:
-        store = await Store.open(config.database.url, count_tokens=load_model_facts(config).count_tokens)
-        try:
-            await store.list_jobs(limit=1)
-        finally:
-            await store.close()
-        return "reachable, schema at the newest migration"
-
-    try:
-        print(f"database: {asyncio.run(check_db())}")
-    except Exception as exc:
-        problems += 1
-        print(f"database: PROBLEM - {type(exc).__name__}: {exc}")
-
-    facts = load_model_facts(config)
-    local = Path(config.model.model).expanduser()
-    if local.is_dir():
-        ok = (local / "config.json").is_file()
-        print(f"model: local directory {local} {'looks complete' if ok else 'has no config.json'}")
-        problems += 0 if ok else 1
-    elif facts.exact:
-        print(f"model: {config.model.model} found in the Hugging Face cache")
-    else:
-        hint = "" if not config.model.local_files_only else " and model.local_files_only is true"
-        print(
-            f"model: {config.model.model} is not in the local cache{hint}; the workers will download it at "
-            f"start (or run `janus-bot download {config.model.model}` first)"
-        )
-        problems += 1 if config.model.local_files_only else 0
-    print(f"memory: {'exact token counts (tokenizer.json)' if facts.exact else 'estimated token counts'}")
-    return 1 if problems else 0
+    items = run_checks(config)
+    for item in items:
+        print(item.line, flush=True)
+    return exit_status(items)

@@ -49,18 +49,22 @@ class DeviceInfo:
     torch_version: str | None = None
 
     @property
-    def summary(self) -> str:
-        """One line: "cuda:0: NVIDIA H100 (79.1 GiB, 78.5 GiB free)" or the problem."""
+    def detail(self) -> str:
+        """Its name and memory ("NVIDIA H100 80GB HBM3, 79.1 GiB total, 78.5 GiB free"), or the problem."""
         if not self.exists:
             return self.problem or f"{self.device} is not available"
-        where = self.device if self.resolved == self.device else f"{self.device} -> {self.resolved}"
         memory = ""
         if self.total_bytes is not None:
             memory = f"{gib(self.total_bytes)} total"
             if self.free_bytes is not None:
                 memory += f", {gib(self.free_bytes)} free"
-        detail = ", ".join(x for x in (self.name, memory) if x)
-        return f"{where}: {detail}" if detail else where
+        resolved = f"resolves to {self.resolved}" if self.resolved != self.device else ""
+        return ", ".join(x for x in (resolved, self.name, memory) if x)
+
+    @property
+    def summary(self) -> str:
+        """One line naming the device: "cuda:0: NVIDIA H100 80GB HBM3, 79.1 GiB total, ..."."""
+        return self.detail if not self.exists else f"{self.device}: {self.detail}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceInfo:
@@ -68,7 +72,8 @@ class DeviceInfo:
 
 
 def gib(n: int | float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    """Bytes for people: "23.5 GiB", or "2.2 MiB" below a GiB."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _gpus(count: int) -> str:
