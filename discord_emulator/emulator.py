@@ -480,8 +480,14 @@ class DiscordEmulator:
         attachments: Sequence[Upload | tuple[Any, ...]] = (),
         mentions_bot: bool = False,
         reply_to: Message | None = None,
+        ping_author: bool = True,
     ) -> Message:
-        """Post as `user`; the bot receives MESSAGE_CREATE (subject to its intents)."""
+        """Post as `user`; the bot receives MESSAGE_CREATE (subject to its intents).
+
+        A reply pings and "mentions" the author it replies to unless `ping_author=False` (the @ON / @OFF
+        toggle of Discord's client, which then sends allowed_mentions with replied_user false): then the
+        replied-to author is not in `mentions`, so a bot without the message-content intent gets the
+        reply with empty content, attachments and embeds."""
         self._member(user, channel)
         if mentions_bot:
             content = f"{self.bot_user.mention} {content}".rstrip()
@@ -491,6 +497,11 @@ class DiscordEmulator:
                 "message_id": str(reply_to.id),
                 "channel_id": str(reply_to.channel.id),
             }
+            if not ping_author:
+                payload["allowed_mentions"] = {
+                    "parse": ["users", "roles", "everyone"],
+                    "replied_user": False,
+                }
         files = {i: Upload.coerce(a) for i, a in enumerate(attachments)}
         await self.gateway.flush()
         message = self.world.create_message(channel, user, payload, files, check=False)

@@ -4,6 +4,10 @@ Which conversation a message joins is the store's scope rule (per user per chann
 per channel when a server manager says so, per user in DMs). A reply to one of the bot's answers
 continues the conversation that answer belongs to, unless that conversation is someone else's private
 one: then the replier's own conversation is used, so memory never leaks between users.
+
+Without the message-content intent Discord delivers a reply's text only while the reply keeps its
+@mention of the bot (the reply ping); a reply with the ping off arrives empty, and the bot then says so
+(once per user per ten minutes) instead of staying silent.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import io
 import json
 import logging
 import re
+import time
 from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
@@ -38,9 +43,17 @@ class _Reply(Enum):
     NOT_OURS = "a reply to a message of the bot that belongs to no conversation (an image result)"
 
 
+BARE_REPLY_HINT = (
+    "I can't read replies that don't @mention me — keep the mention on (the @ON toggle when replying), "
+    "or use /chat."
+)
+BARE_REPLY_HINT_INTERVAL_S = 600.0
+
+
 class ChatCog(commands.Cog):
     def __init__(self, bot: JanusBot) -> None:
         self.bot = bot
+        self._bare_reply_hints: dict[int, float] = {}  # user id -> when they were last told (monotonic)
 
     @app_commands.command(name="chat", description="Talk with Janus (it remembers this conversation)")
     @app_commands.describe(message="What to say", image="An image to talk about")
@@ -70,6 +83,8 @@ class ChatCog(commands.Cog):
         if not text and not message.attachments:
             if mentioned:
                 await message.reply("Ask me something (or attach an image).", mention_author=False)
+            elif not bot.intents.message_content:
+                await self._hint_bare_reply(message)
             return
         who = bot.access.requester_of(message.author, message.channel, message.guild)
         reservation = None
@@ -104,6 +119,21 @@ class ChatCog(commands.Cog):
                 await message.reply(reply, mention_author=False, allowed_mentions=NO_PINGS)
             return
         submitted.follow(bot, MessageOutlet(message), q)
+
+    async def _hint_bare_reply(self, message: discord.Message) -> None:
+        """A reply to the bot that arrived empty: without the message-content intent Discord sends a
+        reply's text only while it keeps its @mention (the reply ping). Say so, at most once per user per
+        BARE_REPLY_HINT_INTERVAL_S, so a user who keeps replying that way is not answered every time."""
+        now = time.monotonic()
+        hinted = self._bare_reply_hints
+        if now - hinted.get(message.author.id, float("-inf")) < BARE_REPLY_HINT_INTERVAL_S:
+            return
+        if len(hinted) > 10_000:  # forget the old ones; the map stays small
+            for user_id in [u for u, at in hinted.items() if now - at >= BARE_REPLY_HINT_INTERVAL_S]:
+                del hinted[user_id]
+        hinted[message.author.id] = now
+        with contextlib.suppress(discord.HTTPException):
+            await message.reply(BARE_REPLY_HINT, mention_author=False, allowed_mentions=NO_PINGS)
 
     async def _replied_conversation(
         self, message: discord.Message
