@@ -246,6 +246,17 @@ def check_batch(config: BotConfig, info: DeviceInfo, size: tuple[ModelShape, flo
     )
 
 
+def check_token_counts(config: BotConfig) -> Item:
+    """How conversation memory will count tokens (the model's tokenizer.json, or an estimate)."""
+    from bot.tokens import load_model_facts
+
+    facts = load_model_facts(config)
+    how = (
+        "exact, from the model's tokenizer.json" if facts.exact else "estimated (no tokenizer.json here yet)"
+    )
+    return ok("token counts", f"{how}; {facts.image_tokens} tokens per image, context {facts.context_tokens}")
+
+
 def check_log_file(config: BotConfig) -> Item:
     file = config.logging.file
     if not file:
@@ -273,7 +284,7 @@ def run_checks(config: BotConfig, environ: dict[str, str] | None = None) -> list
     items = [ok("config", f"{config.source or 'the config'} is valid"), check_token(config, environ)]
     items.append(check_database(config.database.url))
     model = check_model(config)
-    items.append(model.item)
+    items += [model.item, check_token_counts(config)]
     size = model_size(config, model.directory)
     for info in probe_devices(config.model.devices):
         items.append(check_device(info))
