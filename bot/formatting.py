@@ -10,9 +10,10 @@ import re
 
 MAX_CONTENT = 2000
 
-# An ANSI escape sequence (CSI "ESC [ ... final byte", or a two-byte ESC sequence) goes as a whole, so no
-# "[31m" is left behind; then every other C0/C1 control character but newline and tab.
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+# An escape sequence goes as a whole, so no "[31m" is left behind: OSC ("ESC ] ... BEL" or "... ESC \\"),
+# CSI ("ESC [ params final"), and the short ones ("ESC (B", "ESC 7"); then every other C0/C1 control
+# character but newline and tab.
+_ANSI_ESCAPE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[ -/]*[0-~]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

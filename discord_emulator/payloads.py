@@ -183,9 +183,10 @@ def attachment_payload(att: Attachment) -> dict[str, Any]:
         "size": att.size,
         "url": att.url,
         "proxy_url": att.url,
-        "content_type": att.content_type,
         "ephemeral": att.ephemeral,
     }
+    if att.content_type:  # Discord omits the key for a type it does not know (an unknown extension)
+        payload["content_type"] = att.content_type
     if att.description:
         payload["description"] = att.description
     return payload
