@@ -230,11 +230,11 @@ def check_batch(config: BotConfig, info: DeviceInfo, size: tuple[ModelShape, flo
             f"{gib(info.total_bytes)} ({numbers}); up to {most} would fit",
         )
     if budget.max_images < 1:
+        one = budget.weights_bytes + budget.reserve_bytes + budget.per_image_bytes
         return problem(
             name,
-            f"the model alone needs about {gib(budget.weights_bytes + budget.reserve_bytes)} with one image "
-            f"more to come, but {info.device} has {gib(info.total_bytes)}: use a bigger device or "
-            f"a smaller model",
+            f"even one image needs about {gib(one)} ({numbers}) but {info.device} has "
+            f"{gib(info.total_bytes)}: use a device with more memory, a smaller model or a smaller dtype",
         )
     return Item(
         name,

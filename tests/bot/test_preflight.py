@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from bot.config import parse_config
-from bot.preflight import check_database, check_log_file, check_model
+from bot.preflight import check_batch, check_database, check_log_file, check_model, exit_status, model_size
 from discord_emulator import DiscordEmulator
+from janus_engine.devices import DeviceInfo
 from tests.bot.bot_world import write_toml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,3 +271,19 @@ def test_run_with_a_log_file_in_a_missing_folder_is_one_line(tmp_path: Path, tin
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"janus-bot run: logging.file: folder {logs} does not exist"
     assert not logs.exists() and not (tmp_path / "janus.db").exists()
+
+
+def test_check_batch_warns_with_the_largest_batch_that_fits() -> None:
+    """Janus-Pro-7B (its published shape: no files here) in bf16 with the default 16-image batches on a
+    24 GiB card: a WARNING naming the largest batch that fits (exit status stays 0); on 12 GiB a PROBLEM."""
+    config = parse_config({"model": {"model": "deepseek-community/Janus-Pro-7B"}})
+    size = model_size(config, None)
+    card = DeviceInfo("cuda:0", "cuda:0", True, name="a 24 GiB card", total_bytes=24 * 2**30)
+    item = check_batch(config, card, size)
+    assert item.status == "WARNING" and exit_status([item]) == 0
+    assert "engine.max_images_per_batch = 16 needs about" in item.text
+    assert "the largest batch that fits is 14 (set engine.max_images_per_batch = 14" in item.text
+    small = check_batch(config, DeviceInfo("cuda:0", "cuda:0", True, total_bytes=12 * 2**30), size)
+    assert small.status == "PROBLEM" and exit_status([small]) == 1
+    big = check_batch(config, DeviceInfo("cuda:0", "cuda:0", True, total_bytes=80 * 2**30), size)
+    assert big.status == "OK" and "up to 64 would fit" in big.text
