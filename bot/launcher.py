@@ -76,6 +76,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging(config, verbose=getattr(args, "verbose", False))
     token = config.read_token()
+    _require_devices(config)
     try:
         asyncio.run(serve(config, token, install_signal_handlers=True))
     except discord.LoginFailure:
@@ -90,6 +91,18 @@ def run_command(args: argparse.Namespace) -> int:
     except (aiohttp.ClientConnectionError, discord.GatewayNotFound) as exc:
         raise ConfigError(f"cannot reach Discord at {_discord_base()}: {_reason(exc)}") from None
     return 0
+
+
+def _require_devices(config: BotConfig) -> None:
+    """Refuse to start when a configured device is missing from this torch build, before anything is
+    opened: the database is not created and the model not loaded for a bot that cannot run. The probe
+    runs in a child process (:func:`bot.preflight.probe_devices`): this process never imports torch."""
+    from bot.preflight import probe_devices
+
+    missing = [info for info in probe_devices(config.model.devices) if not info.exists]
+    if missing:
+        reasons = "; ".join(info.problem or f"{info.device} is not available" for info in missing)
+        raise ConfigError(f"model.devices: {reasons} (`janus-bot check` lists each device)")
 
 
 def _discord_base() -> str:

@@ -219,8 +219,9 @@ def _last_line(stderr: str) -> str:
 async def test_run_with_a_missing_device_never_reaches_the_gateway(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """Real worker on the default cuda:0 of a CPU-only torch: `run` ends with one readable line and exit 2,
-    and the emulator saw no REST call and no gateway connection (the engine starts before the login)."""
+    """The default cuda:0 on a CPU-only torch: `run` probes the devices before it opens anything, so it
+    ends with one readable line and exit 2, the emulator saw no REST call and no gateway connection, and
+    no database was created. (A worker started on a missing device fails the same way: test_devices.)"""
     device, reason = _missing_cuda_device()
     cfg = tmp_path / "config.toml"
     write_toml(
@@ -235,8 +236,11 @@ async def test_run_with_a_missing_device_never_reaches_the_gateway(
         done = await _run_cli(cfg, emu.api_base, emu.gateway_url, _env(**{TOKEN_ENV: "the-token"}))
         assert emu.gateway.sessions == [] and emu.world.requests == []
     assert done.returncode == 2, done.stderr
-    assert _last_line(done.stderr).startswith(f"janus-bot run: {reason}")
+    assert _last_line(done.stderr) == (
+        f"janus-bot run: model.devices: {reason} (`janus-bot check` lists each device)"
+    )
     assert "Traceback" not in done.stderr and "_cuda_setDevice" not in done.stderr
+    assert not (tmp_path / "janus.db").exists()
 
 
 async def test_run_with_discord_unreachable_is_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
