@@ -113,7 +113,7 @@ def _cached_snapshot(model: str, cache_dir: str | None) -> Path | None:
 
 
 def check_model(config: BotConfig) -> ModelFiles:
-    from janus_engine.hub import _REMOTE_CODE_REPOS, _hub_offline, has_weights, looks_like_path
+    from janus_engine.hub import REMOTE_CODE_REPOS, has_weights, hub_offline, looks_like_path
 
     model = config.model.model
     if looks_like_path(model):
@@ -129,7 +129,7 @@ def check_model(config: BotConfig) -> ModelFiles:
         if not has_weights(folder):
             return ModelFiles(problem("model", f"folder {folder} has no (or incomplete) *.safetensors"), None)
         return ModelFiles(ok("model", f"local folder {folder} looks complete"), folder)
-    replacement = _REMOTE_CODE_REPOS.get(model.lower())
+    replacement = REMOTE_CODE_REPOS.get(model.lower())
     if replacement:
         return ModelFiles(
             problem(
@@ -140,7 +140,7 @@ def check_model(config: BotConfig) -> ModelFiles:
     snapshot = _cached_snapshot(model, config.model.cache_dir)
     if snapshot is not None and has_weights(snapshot):
         return ModelFiles(ok("model", f"{model} is in the Hugging Face cache ({snapshot})"), snapshot)
-    if config.model.local_files_only or _hub_offline():
+    if config.model.local_files_only or hub_offline():
         why = "model.local_files_only is true" if config.model.local_files_only else "HF_HUB_OFFLINE is set"
         return ModelFiles(
             problem(

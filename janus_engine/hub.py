@@ -22,7 +22,7 @@ KNOWN_MODELS = (DEFAULT_MODEL, "deepseek-community/Janus-Pro-1B")
 # Only what from_pretrained needs: the converted repos also carry files the native classes never read.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 # The original DeepSeek repos hold remote-code checkpoints that transformers' native classes cannot load.
-_REMOTE_CODE_REPOS = {
+REMOTE_CODE_REPOS = {
     "deepseek-ai/janus-pro-7b": "deepseek-community/Janus-Pro-7B",
     "deepseek-ai/janus-pro-1b": "deepseek-community/Janus-Pro-1B",
 }
@@ -39,7 +39,7 @@ def looks_like_path(model: str) -> bool:
 
 
 def _check_not_remote_code(model: str) -> None:
-    replacement = _REMOTE_CODE_REPOS.get(model.lower())
+    replacement = REMOTE_CODE_REPOS.get(model.lower())
     if replacement:
         raise ModelNotAvailable(
             f"{model} is DeepSeek's remote-code checkpoint, which transformers' Janus classes cannot load. "
@@ -47,7 +47,7 @@ def _check_not_remote_code(model: str) -> None:
         )
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     import huggingface_hub.constants
 
     return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
@@ -112,7 +112,7 @@ def resolve_model_dir(model: str, *, cache_dir: str | None = None, local_files_o
         if has_weights(cached):
             return cached
         log.info("the cached snapshot of %s (%s) lacks weight files", model, cached)
-    if local_files_only or _hub_offline():
+    if local_files_only or hub_offline():
         raise ModelNotAvailable(
             f"Model {model} is not in the local Hugging Face cache and hub access is off. "
             + _download_hint(model)
@@ -162,7 +162,7 @@ def download_command(args: argparse.Namespace) -> int:
         path = resolve_local_dir(model)
         print(f"{model} is a local checkpoint directory ({path}); nothing to download.")
         return 0
-    if _hub_offline():
+    if hub_offline():
         raise ModelNotAvailable("HF_HUB_OFFLINE is set, so nothing can be downloaded. Unset it and retry.")
     path = download_model(model, cache_dir=getattr(args, "cache_dir", None))
     print(f"{model} is ready in {path}")
