@@ -105,7 +105,8 @@ def decode_user_image(
     except UnidentifiedImageError:
         if sniff_image_type(data) is not None:  # it starts like an image PIL reads: a broken or empty one
             raise InvalidImage(
-                "That image could not be decoded: it is corrupt or has no pixels. Try saving it again."
+                "That file is not an image I can read: it starts like one, but it is corrupt or has no "
+                "pixels. Try saving it again."
             ) from None
         raise InvalidImage(
             "That file is not an image I can read. Send a PNG, JPEG, WebP, GIF or BMP."

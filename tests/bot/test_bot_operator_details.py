@@ -173,7 +173,7 @@ async def test_tiny_and_thin_images_are_described(world: BotWorld, size: tuple[i
     ("name", "data", "says"),
     [
         ("empty.png", _png_header_only(0, 0), "corrupt or has no pixels"),
-        ("broken.png", b"\x89PNG\r\n\x1a\n" + bytes(40), "could not be decoded"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n" + bytes(40), "it is corrupt"),
     ],
     ids=["no-pixels", "corrupt"],
 )
