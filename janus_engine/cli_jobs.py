@@ -25,6 +25,7 @@ from janus_engine.engine import JanusEngine, JobHandle
 from janus_engine.errors import InvalidImage, InvalidRequest
 from janus_engine.images import normalize_upload
 from janus_engine.protocol import (
+    DEFAULT_MODEL,
     Done,
     GenerateRequest,
     GenerateResult,
@@ -39,7 +40,22 @@ from janus_engine.protocol import (
 from janus_engine.validation import validate_generate_request, validate_understand_request
 
 
+def _check_local_model(model: str) -> None:
+    """A ``--model`` written as a path (``/x``, ``./x``, ``../x``, ``~/x``) must exist before a worker is
+    started for it (that costs seconds); a hub id (``org/name``) is the worker's to resolve."""
+    if not model.startswith(("/", "./", "../", "~", ".\\")) and model not in (".", ".."):
+        return
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a model directory" if path.exists() else "does not exist"
+        raise InvalidRequest(
+            f"model directory {path} {what}; pass a hub id such as {DEFAULT_MODEL} or a directory written "
+            "by save_pretrained (or `janus-bot make-tiny-model DIR` for a test model)."
+        )
+
+
 def _engine_config(args: argparse.Namespace, jobs: int) -> EngineConfig:
+    _check_local_model(args.model)
     spec = ModelSpec(model=args.model, dtype=args.dtype)
     return EngineConfig(
         model=spec,
@@ -119,8 +135,9 @@ def imagine_command(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     validate_generate_request(request)
+    config = _engine_config(args, 1)
     out_dir = writable_output_dir(Path(args.output))
-    result = asyncio.run(_imagine(_engine_config(args, 1), request))
+    result = asyncio.run(_imagine(config, request))
     assert isinstance(result, GenerateResult)
     stem = _slug(args.prompt)
     seed_part = f"-s{result.seed}" if result.seed is not None else ""

@@ -160,6 +160,8 @@ def db_command(args: argparse.Namespace) -> int:
             raise InvalidRequest(
                 f"folder {path.parent} does not exist; create it (mkdir -p {path.parent}) or fix the URL"
             )
+        if path is not None and not state.exists:
+            _create_sqlite_file(path)
         _run(upgrade_database(url, args.revision), state.url_for_display)
     else:
         if not state.exists:
@@ -179,6 +181,17 @@ def db_command(args: argparse.Namespace) -> int:
         _run(downgrade_database(url, args.revision), state.url_for_display)
     print(asyncio.run(inspect_database(url)).summary)
     return 0
+
+
+def _create_sqlite_file(path: Path) -> None:
+    """Create the empty database file here, with the stdlib driver: a file that cannot be created is then
+    one line (aiosqlite, failing to open in its own thread, can print a traceback as the process ends)."""
+    import sqlite3
+
+    try:
+        sqlite3.connect(path).close()
+    except (sqlite3.Error, OSError) as exc:
+        raise InvalidRequest(f"cannot create the database file {path}: {exc}") from None
 
 
 _RELATIVE = re.compile(r"^(head|base|heads)?[+-]\d+$")
