@@ -50,8 +50,13 @@ def text_config(shape: str, vocab: int, pad: int, bos: int, eos: int):
         "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=30, num_attention_heads=32),
     }[shape]
     return LlamaConfig(
-        vocab_size=vocab, max_position_embeddings=4096, num_key_value_heads=sizes["num_attention_heads"],
-        pad_token_id=pad, bos_token_id=bos, eos_token_id=eos, **sizes,
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+        num_key_value_heads=sizes["num_attention_heads"],
+        pad_token_id=pad,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        **sizes,
     )
 
 
@@ -88,12 +93,28 @@ def build_model(shape: str, device: str, dtype_name: str):
         vision = JanusVisionConfig(projection_dim=hidden)
         vq = JanusVQVAEConfig(projection_dim=hidden, image_token_embed_dim=hidden)
     else:  # 576 image tokens like the real model, a small SigLIP and a small VQ decoder (96 px out)
-        vision = JanusVisionConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=96,
-                                   patch_size=4, projection_dim=hidden, num_image_tokens=576)
-        vq = JanusVQVAEConfig(base_channels=32, channel_multiplier=[1, 1, 1], num_res_blocks=1,
-                              latent_channels=32, projection_dim=hidden, image_token_embed_dim=hidden)
+        vision = JanusVisionConfig(
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=96,
+            patch_size=4,
+            projection_dim=hidden,
+            num_image_tokens=576,
+        )
+        vq = JanusVQVAEConfig(
+            base_channels=32,
+            channel_multiplier=[1, 1, 1],
+            num_res_blocks=1,
+            latent_channels=32,
+            projection_dim=hidden,
+            image_token_embed_dim=hidden,
+        )
     config = JanusConfig(
-        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids(IMAGE_TOKEN),
+        text_config=text,
+        vision_config=vision,
+        vq_config=vq,
+        image_token_id=ids(IMAGE_TOKEN),
         tie_word_embeddings=not real,  # DeepSeek-LLM has its own lm_head: 7.4B parameters, 14.8 GB in bf16
     )
     torch.manual_seed(0)
@@ -124,7 +145,10 @@ def baseline(runtime, prompts: list[str], n_images: int = 1) -> float:
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = processor(text=text, generation_mode="image", return_tensors="pt").to(model.device)
         tokens = model.generate(
-            **inputs, generation_mode="image", do_sample=True, guidance_scale=5.0,
+            **inputs,
+            generation_mode="image",
+            do_sample=True,
+            guidance_scale=5.0,
             num_return_sequences=n_images,
         )
         with torch.inference_mode():
@@ -170,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = build_model(args.shape, args.device, dtype)
     runtime = JanusRuntime(model, processor, name=f"random-{args.shape}")
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"model: random Janus, shape {args.shape} ({params:.0f}M parameters), {runtime.device}, {dtype}, "
-          f"{runtime.num_image_tokens} image tokens, torch threads {torch.get_num_threads()}, "
-          f"built in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"model: random Janus, shape {args.shape} ({params:.0f}M parameters), {runtime.device}, {dtype}, "
+        f"{runtime.num_image_tokens} image tokens, torch threads {torch.get_num_threads()}, "
+        f"built in {time.perf_counter() - t0:.1f} s"
+    )
     if args.device.startswith("cuda"):
         print(f"device: {torch.cuda.get_device_name(torch.device(args.device))}")
 
@@ -180,11 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     ours(runtime, prompts[:1])  # warm-up for both sides: allocator, kernels, tokenizer caches
     if not args.no_baseline:
         base_s = baseline(runtime, prompts)
-        print(f"(a) transformers generate, {len(prompts)} requests one by one: {base_s:7.2f} s  "
-              f"{len(prompts) / base_s:7.3f} images/s")
+        print(
+            f"(a) transformers generate, {len(prompts)} requests one by one: {base_s:7.2f} s  "
+            f"{len(prompts) / base_s:7.3f} images/s"
+        )
     ours_s = ours(runtime, prompts)
-    print(f"(b) our batched loop, {len(prompts)} requests in one batch:    {ours_s:7.2f} s  "
-          f"{len(prompts) / ours_s:7.3f} images/s")
+    print(
+        f"(b) our batched loop, {len(prompts)} requests in one batch:    {ours_s:7.2f} s  "
+        f"{len(prompts) / ours_s:7.3f} images/s"
+    )
     if not args.no_baseline:
         print(f"speed-up (b)/(a): {base_s / ours_s:.2f}x")
 
@@ -196,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.device.startswith("cuda"):
             peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
         step_ms = seconds / runtime.num_image_tokens * 1000
-        print(f"one request, {n:2d} images: {seconds:7.2f} s per batch, "
-              f"{step_ms:6.2f} ms per step, {n / seconds:6.2f} images/s{peak}")
+        print(
+            f"one request, {n:2d} images: {seconds:7.2f} s per batch, "
+            f"{step_ms:6.2f} ms per step, {n / seconds:6.2f} images/s{peak}"
+        )
     return 0
 
 

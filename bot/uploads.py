@@ -58,7 +58,7 @@ _FORMAT_NAMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP",
 
 
 def format_names(content_types: Sequence[str]) -> str:
-    """"image/png", "image/webp", "image/bmp" -> "PNG, WebP or BMP" (what users know the formats as)."""
+    """ "image/png", "image/webp", "image/bmp" -> "PNG, WebP or BMP" (what users know the formats as)."""
     names = [_FORMAT_NAMES.get(t, t.removeprefix("image/").upper()) for t in content_types]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 

@@ -134,9 +134,7 @@ class DeleteButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus
         await imagine_actions(interaction).delete_result(interaction, self.job_id)
 
 
-class DescribeButton(
-    ui.DynamicItem[ui.Button[Any]], template=rf"janus:describe:{_JOB}:(?P<index>\d{{1,2}})"
-):
+class DescribeButton(ui.DynamicItem[ui.Button[Any]], template=rf"janus:describe:{_JOB}:(?P<index>\d{{1,2}})"):
     """Ask Janus about one generated image; the image is read back from the message the button sits on."""
 
     def __init__(self, job_id: str, index: int, *, label: str = "Describe", row: int | None = None) -> None:

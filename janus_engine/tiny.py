@@ -148,9 +148,7 @@ def _build_config(tokenizer):
         projection_dim=64,
         image_token_embed_dim=64,
     )
-    return JanusConfig(
-        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids(IMAGE_TOKEN)
-    )
+    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids(IMAGE_TOKEN))
 
 
 def _liven_weights(model, generator) -> None:

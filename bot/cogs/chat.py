@@ -218,7 +218,5 @@ class ChatCog(commands.Cog):
         )
 
 
-
-
 async def setup(bot: JanusBot) -> None:
     await bot.add_cog(ChatCog(bot))

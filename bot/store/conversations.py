@@ -175,9 +175,7 @@ class ConversationsMixin(SettingsMixin):
         try:
             async with self._write() as conn:
                 stored_question = await _insert_turn(conn, user_turn)
-                reply = self._new_turn(
-                    conversation_id, "assistant", answer, None, (), (), stored_question.id
-                )
+                reply = self._new_turn(conversation_id, "assistant", answer, None, (), (), stored_question.id)
                 return stored_question, await _insert_turn(conn, reply)
         except IntegrityError as exc:
             raise await self._explain_turn_integrity_error(conversation_id, None) from exc

@@ -92,6 +92,9 @@ def load_model_and_processor(spec: ModelSpec) -> tuple[Any, Any, Placement]:
     model = model.to(placement.device).eval()
     log.info(
         "loaded %s on %s (%s, attention %s)",
-        spec.model, placement.device, placement.dtype, model.config._attn_implementation,
+        spec.model,
+        placement.device,
+        placement.dtype,
+        model.config._attn_implementation,
     )
     return model, processor, placement

@@ -129,9 +129,7 @@ class BotWorld:
         # What `janus-bot run`'s launcher does: open the store, start the engine, pass both in.
         facts = load_model_facts(self.config)
         self.store = await Store.open(self.config.database.url, count_tokens=facts.count_tokens)
-        self.engine = JanusEngine(
-            dataclasses.replace(self.config.engine_config(), step_delay_s=STEP_DELAY_S)
-        )
+        self.engine = JanusEngine(dataclasses.replace(self.config.engine_config(), step_delay_s=STEP_DELAY_S))
         await self.engine.start()
         bot = JanusBot(
             self.config,

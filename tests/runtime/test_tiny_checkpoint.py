@@ -11,8 +11,15 @@ from janus_engine.tiny import TINY_IMAGE_TOKENS, build_tiny_checkpoint
 
 def test_checkpoint_has_every_file_a_converted_hub_checkpoint_has(tiny_model_dir: Path) -> None:
     names = {p.name for p in tiny_model_dir.iterdir()}
-    for required in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                     "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+    for required in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+    ):
         assert required in names
     gen = json.loads((tiny_model_dir / "generation_config.json").read_text())
     # Image mode reads boi_token_id from here; it is lost when _from_model_config stays True.

@@ -68,8 +68,10 @@ def test_prompt_token_count_matches_the_processor(runtime) -> None:
     p = runtime.processor
     [result] = runtime.understand([ask("multi")])
     messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                     {"type": "text", "text": "Compare these two."}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare these two."}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "The first is red."}]},
         {"role": "user", "content": [{"type": "text", "text": "And the second?"}]},
     ]

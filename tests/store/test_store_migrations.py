@@ -81,7 +81,7 @@ def test_cli_upgrade_current_downgrade(db_url: str, capsys: pytest.CaptureFixtur
     assert f"revision {head_revision()} (up to date)" in capsys.readouterr().out
     assert cli_main(["db", "--url", db_url, "current"]) == 0
     assert "up to date" in capsys.readouterr().out
-    assert cli_main(["db", "--url", db_url, "downgrade", "base"]) == 0
+    assert cli_main(["db", "--url", db_url, "downgrade", "base", "--yes"]) == 0
     assert "empty database" in capsys.readouterr().out
     assert asyncio.run(table_names(db_url)) & APP_TABLES == set()
 
@@ -90,6 +90,7 @@ def test_cli_reads_the_url_from_the_config_relative_to_its_folder(tmp_path: Path
     config = tmp_path / "conf" / "bot.toml"
     config.parent.mkdir()
     config.write_text('[database]\nurl = "sqlite+aiosqlite:///state/bot.db"\n', encoding="utf-8")
+    (tmp_path / "conf" / "state").mkdir()  # db upgrade creates the file, never a mistyped folder
     assert cli_main(["db", "--config", str(config), "upgrade"]) == 0
     assert (tmp_path / "conf" / "state" / "bot.db").exists()
 
