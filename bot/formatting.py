@@ -6,25 +6,9 @@ Kept free of discord.py objects so it is trivially testable and so every message
 
 from __future__ import annotations
 
-import re
+from janus_engine.text import strip_control as strip_control  # the bot posts and stores it
 
 MAX_CONTENT = 2000
-
-# An escape sequence goes as a whole, so no "[31m" is left behind: OSC ("ESC ] ... BEL" or "... ESC \\"),
-# CSI ("ESC [ params final"), and the short ones ("ESC (B", "ESC 7"); then every other C0/C1 control
-# character but newline and tab.
-_ANSI_ESCAPE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[ -/]*[0-~]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def strip_control(text: str) -> str:
-    """Model text without terminal escapes and control characters (``\\n`` and ``\\t`` stay).
-
-    A model (the tiny random one in tests and demos, or a real one off the rails) can emit ESC, NUL, BEL
-    and the like: they would colour or scramble the operator's terminal and sit invisibly in Discord
-    messages and in the stored conversation. ``\\r\\n`` becomes ``\\n``."""
-    text = _ANSI_ESCAPE.sub("", text.replace("\r\n", "\n"))
-    return _CONTROL.sub("", text)
 
 
 def progress_bar(step: int, total: int, width: int = 20) -> str:

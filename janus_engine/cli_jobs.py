@@ -37,6 +37,7 @@ from janus_engine.protocol import (
     UnderstandRequest,
     UnderstandResult,
 )
+from janus_engine.text import strip_control
 from janus_engine.validation import validate_generate_request, validate_understand_request
 
 
@@ -194,7 +195,7 @@ def describe_command(args: argparse.Namespace) -> int:
         assert isinstance(result, UnderstandResult)
         if len(requests) > 1:
             print(f"== {path}")
-        print(result.text.strip())
+        print(strip_control(result.text).strip())  # the tiny model emits ESC bytes; so may a real one
     return 0
 
 

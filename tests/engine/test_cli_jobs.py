@@ -4,6 +4,7 @@ worker on the tiny checkpoint; bad input ends with one readable line and exit st
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,19 @@ def test_describe_answers_each_image(tiny_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     headers = [line for line in done.stdout.splitlines() if line.startswith("== ")]
     assert headers == [f"== {p}" for p in paths]
+
+
+def test_describe_prints_no_control_characters(tiny_model_dir, tmp_path):
+    """At seed 3 the tiny model answers with \\x18, \\x1f and \\x7f: none may reach the terminal."""
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(image)
+    done = janus_bot(
+        "describe", str(image), "--prompt", "hi", "--temperature", "1.0", "--seed", "3",
+        "--max-new-tokens", "60", "--model", str(tiny_model_dir), "--device", "cpu",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "the model said nothing, so this checks nothing"
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", done.stdout), repr(done.stdout)
 
 
 def test_bad_inputs_end_with_one_line_and_status_2(tiny_model_dir, tmp_path):
