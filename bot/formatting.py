@@ -6,8 +6,6 @@ Kept free of discord.py objects so it is trivially testable and so every message
 
 from __future__ import annotations
 
-from janus_engine.text import strip_control as strip_control  # the bot posts and stores it
-
 MAX_CONTENT = 2000
 
 

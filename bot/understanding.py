@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.delivery import InteractionOutlet, LatestProgress, Outlet, finish_if_open, follow_job, quietly
 from bot.errors import Refusal
-from bot.formatting import clip, queue_line, strip_control
+from bot.formatting import clip, queue_line
 from bot.limits import CHAT
 from bot.policy import Requester, check_prompt
 from bot.store import ContextBudget, ConversationRef, JobKind, JobStatus, ServerSettings
@@ -36,6 +36,7 @@ from janus_engine.protocol import (
     UnderstandRequest,
     UnderstandResult,
 )
+from janus_engine.text import strip_control
 
 if TYPE_CHECKING:
     from bot.app import JanusBot

@@ -24,11 +24,11 @@ import pytest
 from PIL import Image
 
 from bot.cogs.chat import BARE_REPLY_HINT
-from bot.formatting import strip_control
 from bot.policy import Requester
 from bot.store import ServerSettings
 from discord_emulator import Upload
 from janus_engine.protocol import UnderstandRequest
+from janus_engine.text import strip_control
 from tests.bot.bot_world import BotWorld, eventually, finished_job, is_result, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

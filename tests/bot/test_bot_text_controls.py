@@ -3,7 +3,7 @@ test_bot_operator_details.py)."""
 
 from __future__ import annotations
 
-from bot.formatting import strip_control
+from janus_engine.text import strip_control
 
 
 def test_strip_control_drops_escapes_and_controls_but_keeps_newlines_and_tabs() -> None:
