@@ -107,6 +107,7 @@ async def submit(bot: JanusBot, q: Question) -> Submitted:
         request_id=job_id,
         turns=turns,
         sampling=TextSampling(temperature=u.temperature, top_p=u.top_p, max_new_tokens=u.max_new_tokens),
+        conversation_id=str(conv.id),
     )
     try:
         handle = bot.engine.submit(request, user_id=str(q.who.user_id))

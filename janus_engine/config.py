@@ -9,13 +9,18 @@ bot's ``[engine]`` table) finds them: the bot parses its table straight into :cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from janus_engine.devices import parse_device
 from janus_engine.errors import InvalidRequest
 from janus_engine.protocol import ModelSpec
 
 T = TypeVar("T")
+
+# "continuous": a worker takes new jobs into its running decode (rows join and leave every step);
+# "run_to_completion": a worker runs one batch to its end before the next (what every other Janus server
+# does; kept as the baseline the benchmarks compare against, and as a fallback).
+Batching = Literal["continuous", "run_to_completion"]
 
 
 def setting(default: T, *, lo: float | None = None, hi: float | None = None) -> T:
@@ -56,9 +61,15 @@ class EngineSettings:
     worker_start_timeout_s: float = setting(600.0, lo=1.0, hi=86_400.0)
     # Decoding steps between preview images, applied to generate requests that ask for none (0 = none).
     preview_every: int = setting(96, lo=0, hi=10_000)
+    batching: Batching = "continuous"
+    # Static-shape image steps captured as CUDA graphs at worker start (CUDA devices only; ignored on CPU).
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        if self.batching not in get_args(Batching):
+            choices = ", ".join(repr(c) for c in get_args(Batching))
+            raise InvalidRequest(f"Engine setting batching must be one of {choices} (got {self.batching!r}).")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,11 +33,15 @@ from typing import Any
 
 from janus_engine.config import EngineConfig
 from janus_engine.errors import InvalidRequest, ModelNotAvailable, QueueFull
-from janus_engine.eta import SpeedMeter, simulate_queue
+from janus_engine.eta import RunningRows, SpeedMeter, simulate_queue, simulate_rows
 from janus_engine.handle import JobHandle
 from janus_engine.ipc import (
     BatchFinished,
+    BatchKind,
     CancelJobs,
+    ForgetConversations,
+    JobFinished,
+    JobOutcome,
     PreviewImage,
     Ready,
     RunBatch,
@@ -72,6 +76,8 @@ class _Job:
     queued: QueuedJob
     state: str = "queued"  # queued | running
     slot: WorkerSlot | None = None
+    batch_id: int | None = None
+    started_at: float = 0.0
     step: int = 0
     total: int = 0
     cancel_requested: bool = False
@@ -150,8 +156,8 @@ class JanusEngine:
             self._scheduler.remove(job.job_id)
             self._end(self._jobs[job.job_id], Cancelled(job.job_id))
         for slot in self._slots:
-            if slot.batch is not None and slot.proc is not None:
-                slot.proc.send(CancelJobs(tuple(slot.batch.job_ids)))
+            if slot.batches and slot.proc is not None:
+                slot.proc.send(CancelJobs(tuple(j for b in slot.batches.values() for j in b.job_ids)))
         # Cancelled jobs stop at their next step; give them a moment to report so callers see Cancelled.
         with contextlib.suppress(TimeoutError):
             grace = min(deadline - time.monotonic(), 5.0)
@@ -209,6 +215,15 @@ class JanusEngine:
             record.slot.proc.send(CancelJobs((job_id,)))
         return True
 
+    def forget_conversations(self, conversation_ids: list[str] | tuple[str, ...]) -> None:
+        """/forget: every worker drops what it keeps of these conversations (cached image features)."""
+        ids = tuple(str(c) for c in conversation_ids)
+        if not ids:
+            return
+        for slot in self._slots:
+            if slot.proc is not None:
+                slot.proc.send(ForgetConversations(ids))
+
     def position(self, job_id: str) -> int | None:
         return self._scheduler.position(job_id)
 
@@ -230,8 +245,9 @@ class JanusEngine:
                 position = self._scheduler.position(job_id)
                 infos.append(JobInfo(job_id, record.queued.kind, "queued", position, etas.get(job_id)))
             else:
-                eta = self._remaining_seconds(record.slot) if record.slot else None
-                infos.append(JobInfo(job_id, record.queued.kind, "running", None, eta))
+                infos.append(
+                    JobInfo(job_id, record.queued.kind, "running", None, self._job_seconds_left(record))
+                )
         return infos
 
     def status(self) -> EngineStatus:
@@ -245,7 +261,7 @@ class JanusEngine:
                     device=s.device,
                     state=s.state,
                     pid=s.pid,
-                    job_ids=tuple(s.batch.job_ids) if s.batch else (),
+                    job_ids=tuple(j for b in s.batches.values() for j in b.job_ids),
                     restarts=s.restarts,
                     last_error=s.last_error,
                 )
@@ -290,27 +306,64 @@ class JanusEngine:
                 await asyncio.sleep(0.1)
                 self._wake.set()
 
+    @property
+    def _continuous(self) -> bool:
+        return self.config.batching == "continuous"
+
+    def _limit(self, kind: BatchKind) -> int:
+        return self.config.max_images_per_batch if kind == "generate" else self.config.max_understand_batch
+
+    def _load(self, slot: WorkerSlot, kind: BatchKind) -> int:
+        """Rows of ``kind`` the slot's running jobs hold (images, or conversations)."""
+        return sum(
+            r.queued.weight
+            for r in self._jobs.values()
+            if r.slot is slot and r.state == "running" and r.queued.kind == kind
+        )
+
+    def _room(self, slot: WorkerSlot) -> dict[BatchKind, int]:
+        """Free rows per kind on a serving slot: all of them when it is idle; in continuous mode what its
+        running jobs leave; none in run-to-completion mode while it is busy."""
+        kinds: tuple[BatchKind, ...] = ("generate", "understand")
+        if slot.state == "idle":
+            return {kind: self._limit(kind) for kind in kinds}
+        if slot.state != "busy" or not self._continuous:
+            return dict.fromkeys(kinds, 0)
+        return {kind: max(0, self._limit(kind) - self._load(slot, kind)) for kind in kinds}
+
     async def _dispatch_ready_batches(self) -> None:
         window = self.config.batch_window_s
         while not self._closing:
-            idle = [s for s in self._slots if s.state == "idle"]
+            rooms = {id(s): self._room(s) for s in self._slots}
+            targets = [s for s in self._slots if any(rooms[id(s)].values())]
             waiting = self._scheduler.dispatchable_weight()
-            if not idle or waiting == 0:
+            if not targets or waiting == 0:
                 break
             oldest = self._scheduler.oldest_enqueued_at() or 0.0
             pause = oldest + window - time.monotonic()
-            if pause > 0 and waiting < self.config.max_images_per_batch * len(idle):
+            free_images = sum(rooms[id(s)]["generate"] for s in targets)
+            if pause > 0 and waiting < free_images:
                 await asyncio.sleep(pause)  # let companions arrive; then look again
                 continue
-            # Several idle workers share what waits instead of one taking it all.
-            share = max(1, math.ceil(waiting / len(idle)))
-            picked = self._scheduler.next_batch(
-                max_images=min(self.config.max_images_per_batch, share),
-                max_understand=min(self.config.max_understand_batch, share),
-            )
+            # Several workers with room share what waits instead of one taking it all; the emptiest first.
+            targets.sort(key=lambda s: -sum(rooms[id(s)].values()))
+            share = max(1, math.ceil(waiting / len(targets)))
+            slot = targets[0]
+            room = rooms[id(slot)]
+            if self._continuous:
+                idle_kinds = {kind for kind in room if self._load(slot, kind) == 0}
+                picked = self._scheduler.next_admission(
+                    budgets={kind: min(free, share) for kind, free in room.items()},
+                    idle_kinds=idle_kinds,
+                )
+            else:
+                picked = self._scheduler.next_batch(
+                    max_images=min(self.config.max_images_per_batch, share),
+                    max_understand=min(self.config.max_understand_batch, share),
+                )
             if not picked:
                 break
-            self._run_batch(idle[0], picked)
+            self._run_batch(slot, picked)
         self._refresh_queue_events()
 
     def _run_batch(self, slot: WorkerSlot, picked: list[QueuedJob]) -> None:
@@ -323,14 +376,17 @@ class JanusEngine:
             size=sum(job.weight for job in picked),
             started_at=time.monotonic(),
         )
-        slot.batch = batch
+        slot.batches[batch.batch_id] = batch
         slot.state = "busy"
         self._batches += 1
-        eta = self._meter.batch_seconds(kind, batch.size)
+        occupancy = self._load(slot, kind) + batch.size if self._continuous else batch.size
+        eta = self._meter.batch_seconds(kind, occupancy)
         for job in picked:
             record = self._jobs[job.job_id]
             record.state = "running"
             record.slot = slot
+            record.batch_id = batch.batch_id
+            record.started_at = batch.started_at
             record.handle.emit(Started(job.job_id, slot.name, eta))
         batch.timer = self._loop.call_later(self.config.job_timeout_s, self._on_batch_timeout, slot, batch)
         requests = tuple(job.request for job in picked)
@@ -338,16 +394,23 @@ class JanusEngine:
         slot.proc.send(RunBatch(batch.batch_id, kind, requests))  # type: ignore[arg-type]
 
     def _on_batch_timeout(self, slot: WorkerSlot, batch: RunningBatch) -> None:
-        if slot.batch is not batch:
+        if slot.batches.get(batch.batch_id) is not batch:
             return
-        slot.batch = None
+        del slot.batches[batch.batch_id]
         limit = self.config.job_timeout_s
         for job_id in batch.job_ids:
             record = self._jobs.get(job_id)
             if record is not None:
                 reason = f"The job took longer than the limit of {limit:g} s and was stopped."
                 self._end(record, Failed(job_id, reason, "JobFailed"))
-        self._workers.recycle(slot, f"batch {batch.batch_id} timed out after {limit:g} s; worker recycled")
+        self._workers.recycle(
+            slot,
+            f"batch {batch.batch_id} timed out after {limit:g} s; worker recycled",
+            others_fail_with=(
+                "The job was stopped because the worker had to be restarted (another job on it got stuck)."
+                " Please try again."
+            ),
+        )
 
     # ---- worker messages -----------------------------------------------------------------------------
 
@@ -362,6 +425,8 @@ class JanusEngine:
         """A message from a slot's current process (the supervisor already handled its Ready part)."""
         if isinstance(message, StepProgress | PreviewImage | TextPieces):
             self._on_stream(message)
+        elif isinstance(message, JobFinished):
+            self._on_job_finished(slot, message)
         elif isinstance(message, BatchFinished):
             self._on_batch_finished(slot, message)
         elif isinstance(message, Ready):
@@ -392,41 +457,53 @@ class JanusEngine:
         total = record.total or message.step
         record.handle.emit(Progress(message.job_id, message.step, total, preview=message.png))
 
+    def _on_job_finished(self, slot: WorkerSlot, message: JobFinished) -> None:
+        """Continuous batching: one job of a running batch ended (the rest of the batch goes on)."""
+        batch = slot.batches.get(message.batch_id)
+        if batch is None:
+            return  # a batch already failed by its timeout
+        batch.tokens += self._end_with(message.outcome)
+
+    def _end_with(self, outcome: JobOutcome) -> int:
+        """End a job as its outcome says; returns the completion tokens of an understanding result."""
+        record = self._jobs.get(outcome.job_id)
+        if record is None:
+            return 0
+        if outcome.result is not None:
+            self._end(record, Done(outcome.job_id, outcome.result))
+            return outcome.result.completion_tokens if isinstance(outcome.result, UnderstandResult) else 0
+        if outcome.error_kind is not None:
+            reason = outcome.error_message or "The job failed."
+            self._end(record, Failed(outcome.job_id, reason, outcome.error_kind))
+        else:
+            self._end(record, Cancelled(outcome.job_id))
+        return 0
+
     def _on_batch_finished(self, slot: WorkerSlot, message: BatchFinished) -> None:
-        batch = slot.batch
-        if batch is None or batch.batch_id != message.batch_id:
+        batch = slot.batches.pop(message.batch_id, None)
+        if batch is None:
             return  # a batch already failed by its timeout
         if batch.timer is not None:
             batch.timer.cancel()
-        slot.batch = None
         if message.worker_exiting is not None:
             # The worker exits after this message (its device is broken): no new batch for it; its exit
             # notice restarts it at once, and status shows why.
             slot.state = "restarting"
             slot.last_error = message.worker_exiting
             log.error("%s: %s; it exits and is restarted", slot.name, message.worker_exiting)
-        elif not self._closing:
+        elif not self._closing and slot.state == "busy" and not slot.batches:
             slot.state = "idle"
-        tokens = 0
-        for outcome in message.outcomes:
-            record = self._jobs.get(outcome.job_id)
-            if record is None:
-                continue
-            if outcome.result is not None:
-                if isinstance(outcome.result, UnderstandResult):
-                    tokens += outcome.result.completion_tokens
-                self._end(record, Done(outcome.job_id, outcome.result))
-            elif outcome.error_kind is not None:
-                reason = outcome.error_message or "The job failed."
-                self._end(record, Failed(outcome.job_id, reason, outcome.error_kind))
-            else:
-                self._end(record, Cancelled(outcome.job_id))
+        tokens = sum(self._end_with(outcome) for outcome in message.outcomes)
+        tokens += batch.tokens
         for job_id in batch.job_ids:  # a worker that forgot a job must not leave it hanging
             record = self._jobs.get(job_id)
             if record is not None and record.state == "running" and record.slot is slot:
                 self._end(record, Failed(job_id, "The worker returned no result for this job.", "JobFailed"))
+        # A continuous batch spent its seconds per step decoding beside others: that occupancy is the
+        # batch size its step time belongs to.
+        size = max(1, round(message.occupancy)) if message.occupancy is not None else batch.size
         self._meter.record(
-            kind=batch.kind, size=batch.size, steps=message.steps, seconds=message.seconds, tokens=tokens
+            kind=batch.kind, size=size, steps=message.steps, seconds=message.seconds, tokens=tokens
         )
         self._wake.set()
 
@@ -471,32 +548,59 @@ class JanusEngine:
                 continue
             record.handle.emit(Queued(job.job_id, position, etas.get(job.job_id)))
 
-    def _remaining_seconds(self, slot: WorkerSlot) -> float | None:
-        """Measured estimate of how long the slot's current batch still needs (0 if it is idle)."""
-        batch = slot.batch
-        if batch is None:
-            return 0.0 if slot.state == "idle" else None
-        total = self._meter.batch_seconds(batch.kind, batch.size)
+    def _job_seconds_left(self, record: _Job) -> float | None:
+        """Measured estimate of how long a running job still needs: its kind's time at the slot's current
+        occupancy, less the steps (images) or the seconds (text) already done."""
+        slot = record.slot
+        if slot is None:
+            return None
+        kind = record.queued.kind
+        occupancy = self._load(slot, kind) if self._continuous else record.queued.weight
+        if not self._continuous:  # the batch runs as one: its size is what sets the step time
+            batch = slot.batches.get(record.batch_id or -1)
+            occupancy = batch.size if batch is not None else occupancy
+        total = self._meter.batch_seconds(kind, max(1, occupancy))
         if total is None:
             return None
-        if batch.kind == "generate" and self._meter.image_steps:
-            running = [r.step for r in self._jobs.values() if r.slot is slot and r.state == "running"]
-            step = max(running, default=0)
-            return total * max(0.0, 1.0 - step / self._meter.image_steps)
-        return max(0.0, total - (time.monotonic() - batch.started_at))
+        if kind == "generate" and self._meter.image_steps:
+            return total * max(0.0, 1.0 - record.step / self._meter.image_steps)
+        return max(0.0, total - (time.monotonic() - record.started_at))
+
+    def _remaining_seconds(self, slot: WorkerSlot) -> float | None:
+        """How long until the slot is idle (run-to-completion): its running jobs' longest estimate."""
+        if not slot.batches:
+            return 0.0 if slot.state == "idle" else None
+        running = [r for r in self._jobs.values() if r.slot is slot and r.state == "running"]
+        estimates = [self._job_seconds_left(r) for r in running]
+        if any(e is None for e in estimates):
+            return None
+        return max((e for e in estimates if e is not None), default=0.0)
 
     def _queue_etas(self) -> dict[str, float | None]:
-        """ETA of every queued job: the queue in fair order, run on the live workers (see simulate_queue)."""
+        """ETA of every queued job: the queue in fair order, run on the live workers (whole batches in
+        run-to-completion mode, see simulate_queue; rows that free up in continuous mode, simulate_rows)."""
         order = self._scheduler.fair_order()
         if not order:
             return {}
-        free_at: list[float | None] = [
-            self._remaining_seconds(slot) for slot in self._slots if slot.state not in ("failed", "stopped")
-        ]
+        live = [slot for slot in self._slots if slot.state not in ("failed", "stopped")]
         limits = {
             "generate": self.config.max_images_per_batch,
             "understand": self.config.max_understand_batch,
         }
-        return simulate_queue(
-            [(job.job_id, job.kind, job.weight) for job in order], free_at, self._meter.batch_seconds, limits
-        )
+        queued = [(job.job_id, job.kind, job.weight) for job in order]
+        if not self._continuous:
+            free_at = [self._remaining_seconds(slot) for slot in live]
+            return simulate_queue(queued, free_at, self._meter.batch_seconds, limits)
+        workers: list[list[RunningRows]] = []
+        for slot in live:
+            if slot.state not in ("idle", "busy"):
+                return dict.fromkeys((job_id for job_id, _, _ in queued), None)
+            running = []
+            for record in self._jobs.values():
+                if record.slot is slot and record.state == "running":
+                    left = self._job_seconds_left(record)
+                    if left is None:
+                        return dict.fromkeys((job_id for job_id, _, _ in queued), None)
+                    running.append(RunningRows(record.queued.kind, record.queued.weight, left))
+            workers.append(running)
+        return simulate_rows(queued, workers, limits, self._meter.batch_seconds)

@@ -129,3 +129,70 @@ def simulate_queue(
         heapq.heappush(workers, finish)
         etas.update(dict.fromkeys(members, finish))
     return etas
+
+
+@dataclass(frozen=True)
+class RunningRows:
+    """A running job as the continuous ETA sees it: its kind, the rows it holds, seconds it still needs."""
+
+    kind: str
+    weight: int
+    seconds_left: float
+
+
+def simulate_rows(
+    order: Sequence[tuple[str, str, int]],
+    workers: Sequence[Sequence[RunningRows]],
+    capacity: dict[str, int],
+    job_seconds: Callable[[str, int], float | None],
+) -> dict[str, float | None]:
+    """Seconds until each queued job is done under continuous batching.
+
+    A queued job (``order``: (job_id, kind, weight) in fair order) joins a worker as soon as enough of
+    that kind's rows (``capacity[kind]`` per worker) are free, which is when running jobs finish: it
+    counts the rows that will free up, not whole batches. Within a kind nobody overtakes (the scheduler's
+    rule), so a job never starts before the one ahead of it. It then runs for ``job_seconds(kind,
+    occupancy)``: the measured time of a job decoding beside ``occupancy`` rows of its kind. A job
+    larger than a whole worker starts when its kind is idle there. Unknown (None) for every job if a
+    needed figure is missing or no worker is alive."""
+    unknown: dict[str, float | None] = {job_id: None for job_id, _, _ in order}
+    if not workers:
+        return unknown
+    # Per worker and kind: (end time, rows) of what runs or will run there.
+    ends: list[dict[str, list[tuple[float, int]]]] = []
+    for running in workers:
+        by_kind: dict[str, list[tuple[float, int]]] = {}
+        for job in running:
+            by_kind.setdefault(job.kind, []).append((max(0.0, job.seconds_left), job.weight))
+        ends.append(by_kind)
+    last_start: dict[str, float] = {}
+    etas: dict[str, float | None] = {}
+    for job_id, kind, weight in order:
+        cap = capacity[kind]
+        best: tuple[float, int, int] | None = None  # (start, worker, rows in use at the start)
+        for index, by_kind in enumerate(ends):
+            start, in_use = _earliest_start(by_kind.get(kind, []), weight, cap, last_start.get(kind, 0.0))
+            if best is None or start < best[0]:
+                best = (start, index, in_use)
+        assert best is not None
+        start, index, in_use = best
+        seconds = job_seconds(kind, min(cap, in_use + weight) if weight <= cap else weight)
+        if seconds is None:
+            return unknown
+        finish = start + seconds
+        ends[index].setdefault(kind, []).append((finish, weight))
+        last_start[kind] = start
+        etas[job_id] = finish
+    return etas
+
+
+def _earliest_start(
+    running: list[tuple[float, int]], weight: int, cap: int, not_before: float
+) -> tuple[float, int]:
+    """The first moment from ``not_before`` on when ``weight`` rows are free (all rows, for a job
+    bigger than ``cap``), and the rows in use then."""
+    for t in sorted({not_before, *(end for end, _ in running if end > not_before)}):
+        in_use = sum(rows for end, rows in running if end > t)
+        if in_use + weight <= cap or in_use == 0:
+            return t, in_use
+    return not_before, 0  # pragma: no cover - the last end time always leaves the worker empty

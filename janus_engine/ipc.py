@@ -2,8 +2,10 @@
 
 Plain frozen dataclasses of ids, numbers, strings and the protocol's request/result types, so they pickle
 cheaply and the front never needs torch to read them. The front only sends ``RunBatch`` to an idle
-worker; while a batch runs, the worker polls the pipe between decoding steps and so sees ``CancelJobs``
-and ``Shutdown`` at the next step.
+worker in run-to-completion mode; in continuous mode it sends ``RunBatch`` whenever the worker has free
+rows, and the worker admits the batch's jobs into its running decode at the next step and reports each
+job's end (``JobFinished``) as it happens. Either way the worker polls the pipe between decoding steps and
+so sees ``CancelJobs`` and ``Shutdown`` at the next step.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ class WorkerOptions:
 
     name: str
     step_delay_s: float = 0.0
+    # "continuous": requests join and leave the running decode (worker_loop); "run_to_completion": one
+    # batch at a time, to its end (worker.run_batch). See EngineSettings.batching.
+    batching: str = "continuous"
+    max_images: int = 16  # image rows (pairs) the continuous decoder holds; at least one request's worth
+    max_texts: int = 8  # conversations the continuous text decoder holds
+    cuda_graphs: bool = True  # static-shape image steps captured as CUDA graphs (CUDA devices only)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,13 @@ class RunBatch:
 @dataclass(frozen=True)
 class CancelJobs:
     job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ForgetConversations:
+    """/forget: drop what the worker keeps of these conversations (their images' cached features)."""
+
+    conversation_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,14 @@ class JobOutcome:
 
 
 @dataclass(frozen=True)
+class JobFinished:
+    """One job of a running batch ended (continuous batching: jobs end one by one, the batch goes on)."""
+
+    batch_id: int
+    outcome: JobOutcome
+
+
+@dataclass(frozen=True)
 class BatchFinished:
     batch_id: int
     outcomes: tuple[JobOutcome, ...]
@@ -106,3 +129,7 @@ class BatchFinished:
     # Set when the device is broken (an unrecoverable CUDA error): the worker exits right after this
     # message, so the front must not hand it another batch; the text says why, for status.
     worker_exiting: str | None = None
+    # Continuous batching: the mean number of images decoding beside this batch's during its steps (its
+    # seconds per step were spent at that occupancy, which is what the ETA fit needs); None = the batch ran
+    # alone, at its own size.
+    occupancy: float | None = None

@@ -64,6 +64,9 @@ class UnderstandRequest:
     request_id: str
     turns: tuple[Turn, ...]
     sampling: TextSampling = field(default_factory=TextSampling)
+    # The conversation this turn belongs to (the bot's conversation id): the worker keeps the image
+    # features of a conversation's earlier turns under it, and forgets them when the engine is told to.
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True)

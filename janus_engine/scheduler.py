@@ -158,6 +158,56 @@ class FairScheduler:
             extra_running[user] = extra_running.get(user, 0) + 1
             if used >= limit:
                 break
+        self._take(picked)
+        return picked
+
+    def next_admission(
+        self, *, budgets: dict[BatchKind, int], idle_kinds: frozenset[BatchKind] | set[BatchKind]
+    ) -> list[QueuedJob]:
+        """Continuous batching: the next jobs to join a worker that has ``budgets[kind]`` free rows (images
+        for generation, conversations for understanding; 0 = none of that kind now).
+
+        Same fair order and per-user order as :meth:`next_batch`, one kind per pick, with one rule more:
+        no overtaking within a kind. If the first job of a kind in fair order does not fit the free rows,
+        no job of that kind joins until it does, so a 16-image request is not starved by a stream of
+        1-image ones. A job bigger than a whole batch joins when its kind is idle on the worker
+        (``idle_kinds``), alone, as in :meth:`next_batch`.
+        """
+        picked: list[QueuedJob] = []
+        kind: BatchKind | None = None
+        used = 0
+        blocked: set[BatchKind] = set()
+        skipped_users: set[str] = set()
+        extra_running: dict[str, int] = {}
+        for job in self._iter_fair():
+            user = job.user_id
+            if user in skipped_users:
+                continue
+            if self.running_of(user) + extra_running.get(user, 0) >= self.max_running_per_user:
+                skipped_users.add(user)
+                continue
+            if job.kind in blocked or (kind is not None and job.kind != kind):
+                skipped_users.add(user)  # the user's later jobs wait behind this one
+                continue
+            budget = budgets.get(job.kind, 0)
+            if used + job.weight > budget:
+                alone_when_idle = kind is None and job.kind in idle_kinds and budget > 0
+                if not alone_when_idle:
+                    if kind is not None:
+                        break  # the batch is full: whoever comes next goes in the next pick
+                    blocked.add(job.kind)
+                    skipped_users.add(user)
+                    continue
+            kind = job.kind
+            picked.append(job)
+            used += job.weight
+            extra_running[user] = extra_running.get(user, 0) + 1
+            if used >= budget:
+                break
+        self._take(picked)
+        return picked
+
+    def _take(self, picked: list[QueuedJob]) -> None:
         for job in picked:
             self._by_id.pop(job.job_id)
             queue = self._queues[job.user_id]
@@ -166,7 +216,6 @@ class FairScheduler:
                 del self._queues[job.user_id]
             self._running[job.job_id] = job.user_id
             self._last_served[job.user_id] = next(self._tick)
-        return picked
 
     # ---- internals -------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from janus_engine import errors
@@ -44,6 +44,7 @@ class RunningBatch:
     size: int  # images (generate) or requests (understand)
     started_at: float
     timer: asyncio.TimerHandle | None = None
+    tokens: int = 0  # completion tokens of the jobs that already ended (continuous batching)
 
 
 @dataclass
@@ -55,12 +56,17 @@ class WorkerSlot:
     state: WorkerState = "starting"
     proc: WorkerProcess | None = None
     pid: int | None = None
-    batch: RunningBatch | None = None
+    # The batches the worker is running: one at most in run-to-completion mode; in continuous mode every
+    # batch it was handed while it had free rows (their jobs decode together).
+    batches: dict[int, RunningBatch] = field(default_factory=dict)
     restarts: int = 0
     failures_in_a_row: int = 0
     last_error: str | None = None
     ready: asyncio.Future[None] | None = None
     start_timer: asyncio.TimerHandle | None = None
+    # Why the process is being killed on purpose (a stuck batch): the reason the OTHER batches it was
+    # running fail with, instead of the bare "died from SIGKILL".
+    recycle_reason: str | None = None
 
 
 ProcessFactory = Callable[..., WorkerProcess]  # WorkerProcess's signature; tests pass a fake
@@ -149,9 +155,11 @@ class WorkerSupervisor:
             if slot.start_timer is not None:
                 slot.start_timer.cancel()
 
-    def recycle(self, slot: WorkerSlot, reason: str) -> None:
-        """Kill a slot's process on purpose (a stuck batch); its exit notice restarts it."""
+    def recycle(self, slot: WorkerSlot, reason: str, *, others_fail_with: str | None = None) -> None:
+        """Kill a slot's process on purpose (a stuck batch); its exit notice restarts it, and fails the
+        batches still on it with ``others_fail_with``."""
         slot.last_error = reason
+        slot.recycle_reason = others_fail_with
         log.warning("%s: %s", slot.name, reason)
         slot.state = "restarting"
         if slot.proc is not None:
@@ -164,7 +172,15 @@ class WorkerSupervisor:
         an exception set on a future nobody awaits is logged as "never retrieved" at every failed restart."""
         assert self._loop is not None
         spec = dataclasses.replace(self.config.model, device=slot.device)
-        options = WorkerOptions(name=slot.name, step_delay_s=self.config.step_delay_s)
+        config = self.config
+        options = WorkerOptions(
+            name=slot.name,
+            step_delay_s=config.step_delay_s,
+            batching=config.batching,
+            max_images=config.max_images_per_batch,
+            max_texts=config.max_understand_batch,
+            cuda_graphs=config.cuda_graphs,
+        )
         slot.ready = self._loop.create_future() if awaited else None
         slot.state = "starting"
         factory = self._process_factory or WorkerProcess
@@ -230,11 +246,13 @@ class WorkerSupervisor:
         how = describe_exit(exitcode)
         slot.proc = None
         slot.pid = None
-        if slot.batch is not None:
-            batch, slot.batch = slot.batch, None
+        batches, slot.batches = list(slot.batches.values()), {}
+        lost_reason = slot.recycle_reason or f"The job failed because {how}. Please try again."
+        slot.recycle_reason = None
+        for batch in batches:
             if batch.timer is not None:
                 batch.timer.cancel()
-            self._on_batch_lost(slot, batch, f"The job failed because {how}. Please try again.")
+            self._on_batch_lost(slot, batch, lost_reason)
         if slot.ready is not None and not slot.ready.done():
             slot.ready.set_exception(ModelNotAvailable(slot.last_error or f"The model worker failed: {how}."))
         if not self._restarts_allowed():

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -28,6 +29,7 @@ from janus_engine.errors import JanusError, ModelNotAvailable
 from janus_engine.ipc import (
     BatchFinished,
     CancelJobs,
+    ForgetConversations,
     JobOutcome,
     LoadFailed,
     PreviewImage,
@@ -61,6 +63,9 @@ class WorkerChannel:
         self.conn = conn
         self.cancelled: set[str] = set()
         self.shutting_down = False
+        self.incoming: list[RunBatch] = []  # batches that arrived while decoding (continuous mode)
+        self.forget: list[str] = []  # conversation ids to forget (continuous mode)
+        self._send_lock = threading.Lock()
         self._step_delay_s = step_delay_s
         self._seen_this_step: set[str] = set()
         self._progress_ids: list[str] = []
@@ -97,7 +102,8 @@ class WorkerChannel:
 
     def send(self, message: Any) -> None:
         try:
-            self.conn.send(message)
+            with self._send_lock:
+                self.conn.send(message)
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError) as exc:
             raise FrontGone from exc
 
@@ -105,17 +111,22 @@ class WorkerChannel:
         """Read every pending control message without blocking."""
         try:
             while self.conn.poll():
-                self._handle(self.conn.recv())
+                self.handle(self.conn.recv())
         except (EOFError, OSError) as exc:
             raise FrontGone from exc
 
-    def _handle(self, message: Any) -> None:
+    def handle(self, message: Any) -> None:
+        """Record a control message: cancels, shutdown, new batches and /forget wait for the loop."""
         if isinstance(message, CancelJobs):
             self.cancelled.update(message.job_ids)
         elif isinstance(message, Shutdown):
             self.shutting_down = True
-        else:  # pragma: no cover - the front only sends RunBatch to an idle worker
-            log.warning("worker ignored unexpected message during a batch: %r", type(message).__name__)
+        elif isinstance(message, RunBatch):
+            self.incoming.append(message)
+        elif isinstance(message, ForgetConversations):
+            self.forget.extend(message.conversation_ids)
+        else:  # pragma: no cover - nothing else is ever sent to a worker
+            log.warning("worker ignored an unexpected message: %r", type(message).__name__)
 
     def should_cancel(self, job_id: str) -> bool:
         self.flush()  # the runtime asks after reporting a step: the front hears of it now
@@ -147,10 +158,16 @@ def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = WorkerChannel(conn, options.step_delay_s)
     try:
-        runtime = _load(channel, spec, options.step_delay_s)
-        if runtime is None:
+        loaded = _load(channel, spec, options)
+        if loaded is None:
             return
-        serve(channel, runtime)
+        runtime, session = loaded
+        if session is not None:
+            from janus_engine.worker_loop import ContinuousLoop
+
+            ContinuousLoop(channel, runtime, session, options).run()
+        else:
+            serve(channel, runtime)
     except FrontGone:
         pass
     finally:
@@ -190,7 +207,9 @@ def measure_step_times(runtime: Runtime, step_delay_s: float = 0.0) -> tuple[tup
     return tuple(measured)
 
 
-def _load(channel: WorkerChannel, spec: ModelSpec, step_delay_s: float = 0.0) -> Runtime | None:
+def _load(channel: WorkerChannel, spec: ModelSpec, options: WorkerOptions) -> tuple[Runtime, Any] | None:
+    """Load the model and warm it up; returns the runtime and, in continuous mode, its decode session
+    (None in run-to-completion mode). Sends Ready, or LoadFailed and returns None."""
     try:
         from transformers.utils import logging as hf_logging
 
@@ -208,7 +227,15 @@ def _load(channel: WorkerChannel, spec: ModelSpec, step_delay_s: float = 0.0) ->
             # that use "the current device" create a second context (hundreds of MB) on cuda:0.
             torch.cuda.set_device(torch.device(spec.device))
         runtime = JanusRuntime.load(spec)
-        step_seconds = _warm_up(runtime, step_delay_s)
+        step_seconds = _warm_up(runtime, options.step_delay_s)
+        session = None
+        if options.batching == "continuous":
+            session = runtime.decode_session(
+                max_images=options.max_images,
+                max_texts=options.max_texts,
+                cuda_graphs=options.cuda_graphs,
+            )
+            session.warm_up()
     except JanusError as exc:
         channel.send(LoadFailed(type(exc).__name__, exc.user_message))
         return None
@@ -225,7 +252,7 @@ def _load(channel: WorkerChannel, spec: ModelSpec, step_delay_s: float = 0.0) ->
             step_seconds=step_seconds,
         )
     )
-    return runtime
+    return runtime, session
 
 
 def _check_device(device: str) -> None:

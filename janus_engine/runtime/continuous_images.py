@@ -95,7 +95,9 @@ class ImageDecoder:
         self._pair_owner: list[str | None] = []
         self.cache: SlotCache | None = None
         self.table: SlotTable | None = None
-        self.graph_runner: Callable[[int], torch.Tensor] | None = None  # set by static_step.capture
+        self.graph_runner: Callable[[int], torch.Tensor] | None = (
+            None  # set by static_step (graphs or compile)
+        )
 
     # ---- state -------------------------------------------------------------------------------------
 
@@ -140,6 +142,14 @@ class ImageDecoder:
             if self.static and self.graph_runner is not None:
                 self.graph_runner = None  # captured for the old shapes: run eagerly from now on
             self.cache.grow(capacity)
+
+    def prepare_static(self) -> None:
+        """Allocate the buffers now (at the prompt room) and fix the width, so the static step can be
+        captured or compiled before any request arrives."""
+        self._ensure_buffers(0)
+        assert self.table is not None
+        self.table.width = self.table.capacity
+        self.table.active = self.table.rows
 
     def _dummy_rows(self) -> None:
         """Rows not in use attend to one column of their own (static steps run over them too): finite
@@ -344,7 +354,7 @@ class ImageDecoder:
         decoder (or of the slot table), so the same call can be captured and replayed."""
         assert self.table is not None and self.cache is not None
         pairs = rows // 2
-        tokens = self._last[:pairs].repeat_interleave(2)
+        tokens = self._last[:pairs, None].expand(pairs, 2).reshape(-1)  # cond, uncond (no host sync)
         embeds = self.model.prepare_embeddings_for_image_generation(tokens[:, None])
         mask = attention_mask(self.table.valid[:rows, : self.table.width], self.attn, self.dtype)
         out = self.language_model(

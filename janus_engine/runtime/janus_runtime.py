@@ -232,6 +232,8 @@ class JanusRuntime:
             temperature=float(s.temperature),
             top_p=float(s.top_p),
             seed=s.seed if s.seed is not None else fresh_seed(),
+            image_bytes=tuple(data for turn in req.turns for data in turn.images),
+            conversation_id=req.conversation_id,
         )
 
     def understand(
@@ -268,6 +270,22 @@ class JanusRuntime:
                 )
             )
         return results
+
+    def decode_session(self, *, max_images: int, max_texts: int, cuda_graphs: bool = True):
+        """The continuous decoders for a worker (see ``decode_session``); on CUDA with ``cuda_graphs`` the
+        image step runs with static shapes and is captured as CUDA graphs by its warm-up."""
+        from janus_engine.protocol import MAX_IMAGES_PER_REQUEST
+        from janus_engine.runtime.decode_session import DecodeSession
+
+        static = cuda_graphs and self.device.startswith("cuda")
+        return DecodeSession(
+            self,
+            # A request of the most images always fits an empty decoder, whatever the front's batch bound.
+            max_images=max(max_images, MAX_IMAGES_PER_REQUEST),
+            max_texts=max_texts,
+            static=static,
+            cuda_graphs=static,
+        )
 
     def validate(self, request: GenerateRequest | UnderstandRequest) -> None:
         """Every check a request gets before it runs, token limits included; raises typed errors."""

@@ -52,6 +52,8 @@ class TextJob:
     temperature: float  # 0 = greedy
     top_p: float
     seed: int
+    image_bytes: tuple[bytes, ...] = ()  # the bytes each image came from: keys of the feature cache
+    conversation_id: str | None = None  # what /forget names, to drop the conversation's cached images
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 import janus_engine.supervisor as supervisor_module
 from janus_engine.engine import JanusEngine
 from janus_engine.errors import ModelNotAvailable, QueueFull
-from janus_engine.protocol import Failed, Progress, UnderstandResult
+from janus_engine.protocol import Failed, GenerateResult, Progress, UnderstandResult
 from tests.engine.engine_helpers import chat_request, collect, gen_request, tiny_engine_config
 
 
@@ -39,12 +39,14 @@ async def test_a_failed_start_leaves_the_engine_startable_again(tmp_path):
 
 
 async def test_a_worker_crashing_during_a_drain_is_restarted_for_the_queued_jobs(tiny_model_dir):
-    config = tiny_engine_config(tiny_model_dir, step_delay_s=0.1, batch_window_s=0.0)
+    # One image row per worker: the second job waits in the queue (with continuous batching a job that
+    # fits would join the running decode instead of waiting).
+    config = tiny_engine_config(tiny_model_dir, step_delay_s=0.1, batch_window_s=0.0, max_images_per_batch=1)
     engine = JanusEngine(config)
     await engine.start()
     try:
         running = engine.submit(gen_request("running"), user_id="u1")
-        queued = engine.submit(chat_request("queued", max_new_tokens=2), user_id="u2")
+        queued = engine.submit(gen_request("queued"), user_id="u2")
         stream = aiter(running)
         async with asyncio.timeout(60):
             while not isinstance(await anext(stream), Progress):
@@ -58,7 +60,7 @@ async def test_a_worker_crashing_during_a_drain_is_restarted_for_the_queued_jobs
         os.kill(engine.status().workers[0].pid, signal.SIGKILL)
         assert isinstance((await collect(running))[-1], Failed)
         result = await asyncio.wait_for(queued.result(), 60)  # the restarted worker ran it
-        assert isinstance(result, UnderstandResult)
+        assert isinstance(result, GenerateResult) and len(result.images) == 1
         await asyncio.wait_for(stopping, 30)
         assert loop.time() - began < 60  # the drain ended with the queue, not at its 90 s timeout
         assert engine.status().workers[0].restarts == 1

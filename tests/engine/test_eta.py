@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from janus_engine.eta import SpeedMeter, simulate_queue
+from janus_engine.eta import RunningRows, SpeedMeter, simulate_queue, simulate_rows
 
 
 class FakeClock:
@@ -66,3 +66,28 @@ def test_queue_simulation_says_unknown_rather_than_guessing() -> None:
     assert simulate_queue(order, [0.0], lambda kind, size: None, {"generate": 4}) == {"a": None}
     assert simulate_queue(order, [None], lambda kind, size: 1.0, {"generate": 4}) == {"a": None}
     assert simulate_queue(order, [], lambda kind, size: 1.0, {"generate": 4}) == {"a": None}
+
+
+def test_row_simulation_starts_a_job_when_enough_rows_free_up() -> None:
+    def seconds(kind: str, occupancy: int) -> float:
+        return 10.0 * occupancy if kind == "generate" else 3.0
+
+    running = [[RunningRows("generate", 2, 4.0), RunningRows("generate", 1, 8.0)]]
+    order = [("a", "generate", 1), ("b", "generate", 2), ("q", "understand", 1)]
+    etas = simulate_rows(order, running, {"generate": 4, "understand": 2}, seconds)
+    # a: 1 row is free now, it joins at once beside 3 (10 s x 4); b needs 2 rows: at 4 s the 2-row job
+    # leaves, so b joins then, beside a and the 1-row job (4 + 40); text has its own rows.
+    assert etas == {"a": 40.0, "b": 44.0, "q": 3.0}
+
+
+def test_row_simulation_keeps_order_within_a_kind_and_says_unknown() -> None:
+    def seconds(kind: str, occupancy: int) -> float:
+        return 10.0
+
+    running = [[RunningRows("generate", 3, 5.0)]]
+    order = [("big", "generate", 4), ("small", "generate", 1)]
+    etas = simulate_rows(order, running, {"generate": 4}, seconds)
+    # small could fit now, but it does not overtake big, which waits for all 4 rows (at 5 s).
+    assert etas == {"big": 15.0, "small": 25.0}
+    assert simulate_rows(order, [], {"generate": 4}, seconds) == {"big": None, "small": None}
+    assert simulate_rows(order, running, {"generate": 4}, lambda k, o: None) == {"big": None, "small": None}

@@ -123,3 +123,48 @@ def test_remove_takes_a_queued_job_out_and_positions_close_up() -> None:
     assert s.position("c1") == 2
     assert s.position("b1") is None
     assert s.dispatchable_weight() == 2
+
+
+# ---- continuous batching: jobs join a worker with free rows ----------------------------------------------
+
+
+def test_admission_fills_free_rows_in_fair_order_and_skips_a_kind_without_room() -> None:
+    s = make()
+    s.add(gen("a", "alice", n=2))
+    s.add(chat("q", "bob"))
+    s.add(gen("c", "carol", n=1))
+    picked = s.next_admission(budgets={"generate": 3, "understand": 0}, idle_kinds=set())
+    assert ids(picked) == ["a", "c"]  # no room for text: the chat waits, images fill the 3 free rows
+    assert ids(s.next_admission(budgets={"generate": 0, "understand": 2}, idle_kinds=set())) == ["q"]
+
+
+def test_admission_lets_nobody_overtake_a_job_waiting_for_rows() -> None:
+    s = make()
+    s.add(gen("big", "alice", n=4))
+    s.add(gen("small", "bob", n=1))
+    s.add(chat("q", "carol"))
+    # 2 rows free: the 4-image job does not fit, and the 1-image job must not take its rows; text may go.
+    picked = s.next_admission(budgets={"generate": 2, "understand": 2}, idle_kinds=set())
+    assert ids(picked) == ["q"]
+    assert ids(s.next_admission(budgets={"generate": 4, "understand": 2}, idle_kinds=set())) == ["big"]
+    assert ids(s.next_admission(budgets={"generate": 1, "understand": 2}, idle_kinds=set())) == ["small"]
+
+
+def test_admission_of_a_job_bigger_than_a_batch_waits_for_an_idle_kind() -> None:
+    s = make()
+    s.add(gen("huge", "alice", n=8))
+    assert s.next_admission(budgets={"generate": 3, "understand": 8}, idle_kinds={"understand"}) == []
+    picked = s.next_admission(budgets={"generate": 4, "understand": 8}, idle_kinds={"generate"})
+    assert ids(picked) == ["huge"]
+
+
+def test_admission_counts_running_caps_and_stops_when_the_batch_is_full() -> None:
+    s = make(running=1)
+    s.add(gen("a1", "alice"))
+    s.add(gen("a2", "alice"))
+    s.add(gen("b1", "bob", n=2))
+    s.add(gen("c1", "carol"))
+    assert ids(s.next_admission(budgets={"generate": 2, "understand": 0}, idle_kinds=set())) == ["a1"]
+    # b1 would overflow the one row left: the pick ends there, c1 does not jump ahead of it.
+    assert s.next_admission(budgets={"generate": 1, "understand": 0}, idle_kinds=set()) == []
+    assert ids(s.next_admission(budgets={"generate": 3, "understand": 0}, idle_kinds=set())) == ["b1", "c1"]

@@ -62,12 +62,12 @@ async def test_a_worker_that_dies_while_busy_reports_its_batch_lost_and_is_resta
     assert len(forwarded) == 1 and isinstance(forwarded[0], Ready)  # the engine hears of Ready too
 
     batch = RunningBatch(batch_id=1, kind="generate", job_ids=["a", "b"], size=2, started_at=0.0)
-    slot.batch, slot.state = batch, "busy"
+    slot.batches, slot.state = {1: batch}, "busy"
     first.on_exit(first, -9)
 
     assert lost == [(slot, batch, lost[0][2])]
     assert "SIGKILL" in lost[0][2]
-    assert slot.batch is None
+    assert slot.batches == {}
     assert no_worker == []  # a serving worker's crash restarts it at once, queued jobs wait
     await asyncio.sleep(0.05)
     assert len(spawned) == 2 and slot.proc is spawned[1]
