@@ -19,7 +19,7 @@ from typing import Any
 
 from janus_engine.ipc import WorkerOptions
 from janus_engine.protocol import ModelSpec
-from janus_engine.worker import worker_main
+from janus_engine.worker_process import worker_main
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
-"""The worker process: loads the model once, then runs the batches the engine front sends it.
+"""The worker's pipe, its run-to-completion serving loop, warm-up and fault rules.
 
-This module is imported by the front (it names :func:`worker_main` as the spawn target), so it must not
-import torch at module level: the runtime is imported inside the child process only.
+The process entry point is :func:`janus_engine.worker_process.worker_main`; the continuous-batching loop
+(:mod:`janus_engine.worker_loop`) reuses the channel and the fault helpers here. The front imports this
+module (through ``worker_process``), so it must not import torch at module level.
 
-Protocol (see :mod:`janus_engine.ipc`): the worker answers ``Ready`` or ``LoadFailed``; then, for each
-``RunBatch``, it streams ``StepProgress`` / ``PreviewImage`` / ``TextPieces`` and ends with one
+Protocol (see :mod:`janus_engine.ipc`): the worker answers ``Ready`` or ``LoadFailed``; then, in
+run-to-completion mode, for each ``RunBatch`` it streams ``StepProgress`` / ``PreviewImage`` / ``TextPieces`` and ends with one
 ``BatchFinished``. Between decoding steps it polls the pipe (``should_cancel``), so ``CancelJobs`` stops a
 job at the next step and ``Shutdown`` stops the batch. If the front goes away (pipe closed), the worker
 exits instead of lingering as an orphan.
@@ -12,11 +13,9 @@ exits instead of lingering as an orphan.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -24,26 +23,21 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from janus_engine.devices import device_problem, resolve_device
-from janus_engine.errors import JanusError, ModelNotAvailable
+from janus_engine.errors import JanusError
 from janus_engine.ipc import (
     BatchFinished,
     CancelJobs,
     ForgetConversations,
     JobOutcome,
-    LoadFailed,
     PreviewImage,
-    Ready,
     RunBatch,
     Shutdown,
     StepProgress,
     TextPieces,
-    WorkerOptions,
 )
 from janus_engine.protocol import (
     GenerateRequest,
     GenerateResult,
-    ModelSpec,
     UnderstandRequest,
     UnderstandResult,
 )
@@ -152,32 +146,6 @@ class WorkerChannel:
         self._text_pieces = []
 
 
-def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> None:
-    """Spawn target: load the model, announce Ready, serve batches until Shutdown or the pipe closes."""
-    # Ctrl-C in a terminal reaches the whole process group; the front decides how to shut down.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel = WorkerChannel(conn, options.step_delay_s)
-    try:
-        loaded = _load(channel, spec, options)
-        if loaded is None:
-            return
-        runtime, session = loaded
-        if session is not None:
-            from janus_engine.worker_loop import ContinuousLoop
-
-            ContinuousLoop(channel, runtime, session, options).run()
-        else:
-            serve(channel, runtime)
-    except FrontGone:
-        pass
-    finally:
-        conn.close()
-    # Skip the interpreter's slow teardown of torch (over a second): nothing is left to flush but stdio.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 WARMUP_BATCHES = (1, 4)  # images per warm-up batch: two sizes give the a + b * images fit its slope
 WARMUP_STEPS = 6  # decoding steps per warm-up batch; the first (prefill) is not timed
 
@@ -205,62 +173,6 @@ def measure_step_times(runtime: Runtime, step_delay_s: float = 0.0) -> tuple[tup
             per_step = (marks[-1] - marks[0]) / (len(marks) - 1)
             measured.append((images, per_step + step_delay_s))
     return tuple(measured)
-
-
-def _load(channel: WorkerChannel, spec: ModelSpec, options: WorkerOptions) -> tuple[Runtime, Any] | None:
-    """Load the model and warm it up; returns the runtime and, in continuous mode, its decode session
-    (None in run-to-completion mode). Sends Ready, or LoadFailed and returns None."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        # A background process draws no progress bars (the CLI draws its own from our events); tqdm's
-        # bars would also leave a multiprocessing lock behind at our fast exit.
-        hf_logging.disable_progress_bar()
-        from janus_engine.runtime import JanusRuntime
-
-        _check_device(spec.device)
-        spec = dataclasses.replace(spec, device=resolve_device(spec.device))
-        if spec.device.startswith("cuda:"):
-            import torch
-
-            # Make this worker's GPU the current one before anything touches CUDA: otherwise libraries
-            # that use "the current device" create a second context (hundreds of MB) on cuda:0.
-            torch.cuda.set_device(torch.device(spec.device))
-        runtime = JanusRuntime.load(spec)
-        step_seconds = _warm_up(runtime, options.step_delay_s)
-        session = None
-        if options.batching == "continuous":
-            session = runtime.decode_session(
-                max_images=options.max_images,
-                max_texts=options.max_texts,
-                cuda_graphs=options.cuda_graphs,
-            )
-            session.warm_up()
-    except JanusError as exc:
-        channel.send(LoadFailed(type(exc).__name__, exc.user_message))
-        return None
-    except Exception as exc:  # any load failure must reach the front as one readable line
-        message = f"Could not load the model: {type(exc).__name__}: {exc}"
-        channel.send(LoadFailed("ModelNotAvailable", message))
-        return None
-    channel.send(
-        Ready(
-            pid=os.getpid(),
-            device=str(runtime.device),
-            dtype=str(runtime.dtype_name),
-            num_image_tokens=int(runtime.num_image_tokens),
-            step_seconds=step_seconds,
-        )
-    )
-    return runtime, session
-
-
-def _check_device(device: str) -> None:
-    """Refuse a device this torch build does not have, in one line, before anything touches it (on a
-    CPU-only torch, ``torch.cuda.set_device`` fails with an AttributeError about ``torch._C``)."""
-    problem = device_problem(device)
-    if problem is not None:
-        raise ModelNotAvailable(problem)
 
 
 def _warm_up(runtime: Runtime, step_delay_s: float) -> tuple[tuple[int, float], ...]:

@@ -110,6 +110,13 @@ class ContinuousLoop:
         self.encoding: deque[_Encoding] = deque()
         self.pool = ThreadPoolExecutor(_ENCODER_THREADS, thread_name_prefix="png-encoder")
         self.device_error: str | None = None
+        # One iteration: admit (text first: it is cheap), one image step, one text step.
+        self._phases: tuple[Callable[[], bool], ...] = (
+            lambda: self._admit("understand"),
+            lambda: self._admit("generate"),
+            self._step_images,
+            self._step_texts,
+        )
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -126,14 +133,14 @@ class ContinuousLoop:
                 if self.channel.shutting_down:
                     self._shut_down()
                     return
-                self._admit("understand")
-                self._admit("generate")
-                worked = self._step_images()
-                worked = self._step_texts() or worked
+                worked = False
+                for phase in self._phases:
+                    worked = phase() or worked
+                    if self.device_error is not None:
+                        self.channel.flush()
+                        self._exit_for_device_error()
                 self.channel.flush()
                 self._send_encoded(block=not worked)
-                if self.device_error is not None:
-                    self._exit_for_device_error()
                 if worked and self.step_delay_s > 0:
                     time.sleep(self.step_delay_s)  # the test/benchmark aid: once per decoding iteration
         finally:
@@ -194,7 +201,7 @@ class ContinuousLoop:
 
     # ---- admission ---------------------------------------------------------------------------------
 
-    def _admit(self, kind: BatchKind) -> None:
+    def _admit(self, kind: BatchKind) -> bool:
         """Move waiting jobs of ``kind`` into free rows, in arrival order; each checked alone first."""
         queue = self.pending[kind]
         jobs: list[tuple[str, Any]] = []
@@ -217,12 +224,12 @@ class ContinuousLoop:
             jobs.append((key, job))
             free -= need
         if not jobs:
-            return
+            return False
         try:
             self._admit_jobs(kind, [job for _, job in jobs])
         except Exception as exc:
             if self._is_fatal(exc):
-                return
+                return True
             del exc
             _free_device_memory()
             for key, job in jobs:  # one bad prompt must fail alone
@@ -230,8 +237,9 @@ class ContinuousLoop:
                     self._admit_jobs(kind, [job])
                 except Exception as single:
                     if self._is_fatal(single):
-                        return
+                        return True
                     self._end(key, _error_outcome(key, single))
+        return False  # a prefill is work, but the steps that follow decide whether to pace
 
     def _admit_jobs(self, kind: BatchKind, jobs: list[Any]) -> None:
         if kind == "generate":

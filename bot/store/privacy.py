@@ -64,6 +64,10 @@ class PrivacyMixin(StoreBase):
             ConversationTurn.reply_to_turn_id.in_(own_shared_turns),
         )
         async with self._write() as conn:
+            touched_rows = await conn.execute(
+                select(ConversationTurn.conversation_id).where(doomed).distinct()
+            )
+            touched = tuple(sorted(int(row[0]) for row in touched_rows))
             turn_count, candidates = await _turns_and_images(conn, doomed)
             conversations = (
                 await conn.execute(delete(Conversation).where(Conversation.id.in_(owned)))
@@ -79,7 +83,9 @@ class PrivacyMixin(StoreBase):
                 if channel_id is not None:
                     job_filter.append(Job.channel_id == channel_id)
                 jobs = (await conn.execute(delete(Job).where(*job_filter))).rowcount or 0
-        return ForgetResult(conversations=conversations or 0, turns=turn_count, images=images, jobs=jobs)
+        return ForgetResult(
+            conversations=conversations or 0, turns=turn_count, images=images, jobs=jobs, touched=touched
+        )
 
     async def clear_conversation(self, conversation_id: int) -> ForgetResult:
         """Delete one conversation (all its turns) and the images only it used."""
@@ -91,7 +97,9 @@ class PrivacyMixin(StoreBase):
                 await conn.execute(delete(Conversation).where(Conversation.id == conversation_id))
             ).rowcount
             images = await _delete_orphan_images(conn, candidates)
-        return ForgetResult(conversations=gone or 0, turns=turn_count, images=images)
+        return ForgetResult(
+            conversations=gone or 0, turns=turn_count, images=images, touched=(conversation_id,)
+        )
 
     async def delete_turns_older_than(self, cutoff: datetime) -> RetentionResult:
         """Retention: delete turns written before ``cutoff`` (with the answers to them), conversations

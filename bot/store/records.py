@@ -239,6 +239,9 @@ class ForgetResult:
     turns: int
     images: int
     jobs: int = 0
+    # Every conversation that lost turns (deleted ones and shared ones the user spoke in): the engine's
+    # workers drop the image features they cached for them.
+    touched: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
