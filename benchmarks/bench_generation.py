@@ -14,8 +14,17 @@ Shapes: ``tiny`` (the test checkpoint's), ``small`` (576 image tokens like the r
 shapes, for GPUs). ``--images 1,4,16`` also times single requests of n images (seconds per batch, next to
 the ~2.5-3 s H100 floor for 7B).
 
+``--steps 1,2,4,8,16`` times one decode step of the continuous image decoder per bucket of image pairs,
+in each mode it has: eager (live rows and filled columns only), static (the fixed bucket and the whole
+cache width: what a CUDA graph records), and graph (the static step replayed as a CUDA graph, on CUDA;
+``--compile`` adds torch.compile of the static step on any device). Next to each figure: the bytes a step
+must read (weights + the KV cache it attends over) and the bandwidth floor they set on an H100 (3.35 TB/s)
+and an H200 (4.8 TB/s).
+
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_generation.py                  # CPU, small, 8 requests
   .venv/bin/python benchmarks/bench_generation.py --shape 7b --device cuda --dtype bfloat16 --images 1,4,16
+  .venv/bin/python benchmarks/bench_generation.py --shape 7b --device cuda --no-baseline --requests 1 \
+      --steps 1,2,4,8,16                                              # ms per step: eager vs graph
 """
 
 from __future__ import annotations
@@ -168,6 +177,82 @@ def ours(runtime, prompts: list[str], n_images: int = 1) -> float:
     return time.perf_counter() - start
 
 
+BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # HBM bytes/s (SXM parts), for the floor next to each figure
+
+
+def step_bytes(runtime, pairs: int, columns: int) -> int:
+    """Bytes one decode step reads at least: the language model's weights, the image head and embedding
+    rows it uses, and the KV cache of ``2 * pairs`` rows over ``columns`` columns."""
+    model = runtime.model
+    lm = model.model.language_model
+    weights = sum(p.numel() * p.element_size() for p in lm.parameters())
+    head = sum(p.numel() * p.element_size() for p in model.model.generation_head.parameters())
+    config = lm.config
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(lm.parameters()).element_size()
+    kv = 2 * config.num_hidden_layers * 2 * pairs * columns * kv_heads * head_dim * element
+    return weights + head + kv
+
+
+def step_times(runtime, buckets: list[int], *, compile_too: bool, steps: int = 20) -> None:
+    """ms per decode step of the continuous image decoder, per bucket and mode (see the module doc)."""
+    import torch
+
+    from janus_engine.protocol import GenerateRequest
+    from janus_engine.runtime.continuous_images import ImageDecoder
+    from janus_engine.runtime.static_step import capture_graphs, compile_step
+
+    cuda = runtime.device.startswith("cuda")
+    modes = ["eager", "static"] + (["graph"] if cuda else []) + (["compiled"] if compile_too else [])
+    print(f"decode step, ms ({steps} steps after 3 warm-up; prompt ~20 tokens, cache width 128 + 576):")
+    print(
+        f"{'pairs':>5} "
+        + " ".join(f"{m:>9}" for m in modes)
+        + f" {'GB read':>8} {'H100 floor':>10} {'H200 floor':>10}"
+    )
+    for pairs in buckets:
+        figures = []
+        for mode in modes:
+            decoder = ImageDecoder(
+                runtime.model,
+                runtime.special,
+                num_image_tokens=runtime.num_image_tokens,
+                max_pairs=max(buckets),
+                static=mode != "eager",
+            )
+            if mode == "graph":
+                if not capture_graphs(decoder):
+                    figures.append(float("nan"))
+                    continue
+            elif mode == "compiled":
+                compile_step(decoder)
+            jobs = [
+                runtime.prepare_generate(GenerateRequest(f"p{i}", PROMPTS[i % len(PROMPTS)], seed=i))
+                for i in range(pairs)
+            ]
+            decoder.admit(jobs)
+            for _ in range(3):
+                decoder.step()
+            sync(runtime.device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                decoder.step()
+            sync(runtime.device)
+            figures.append((time.perf_counter() - start) / steps * 1000)
+            del decoder
+            if cuda:
+                torch.cuda.empty_cache()
+        columns = 128 + runtime.num_image_tokens
+        read = step_bytes(runtime, pairs, columns)
+        floors = [read / BANDWIDTH[name] * 1000 for name in ("H100", "H200")]
+        print(
+            f"{pairs:5d} "
+            + " ".join(f"{ms:9.2f}" for ms in figures)
+            + f" {read / 1e9:8.2f} {floors[0]:8.2f}ms {floors[1]:8.2f}ms"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default="", help="also time single requests of these image counts")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers' sequential baseline")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS)")
+    parser.add_argument("--steps", default="", help="ms per decode step for these image-pair buckets")
+    parser.add_argument("--compile", action="store_true", help="with --steps: also torch.compile the step")
     args = parser.parse_args(argv)
 
     import torch
@@ -230,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             f"one request, {n:2d} images: {seconds:7.2f} s per batch, "
             f"{step_ms:6.2f} ms per step, {n / seconds:6.2f} images/s{peak}"
         )
+    buckets = [int(x) for x in args.steps.split(",") if x.strip()]
+    if buckets:
+        step_times(runtime, buckets, compile_too=args.compile)
     return 0
 
 

@@ -286,6 +286,13 @@ class JanusEngine:
             raise InvalidRequest("A job needs a non-empty request id.")
         if isinstance(request, GenerateRequest):
             validate_generate_request(request)
+            limit = self.config.max_images_per_batch
+            if self._continuous and request.n_images > limit:
+                # A worker holds this many image rows: a bigger request could never join a decode.
+                raise InvalidRequest(
+                    f"This engine generates at most {limit} images at once (engine.max_images_per_batch); "
+                    f"the request asks for {request.n_images}."
+                )
             if request.preview_every == 0 and self.config.preview_every > 0:
                 request = dataclasses.replace(request, preview_every=self.config.preview_every)
         else:

@@ -5,10 +5,10 @@ The process entry point is :func:`janus_engine.worker_process.worker_main`; the 
 module (through ``worker_process``), so it must not import torch at module level.
 
 Protocol (see :mod:`janus_engine.ipc`): the worker answers ``Ready`` or ``LoadFailed``; then, in
-run-to-completion mode, for each ``RunBatch`` it streams ``StepProgress`` / ``PreviewImage`` / ``TextPieces`` and ends with one
-``BatchFinished``. Between decoding steps it polls the pipe (``should_cancel``), so ``CancelJobs`` stops a
-job at the next step and ``Shutdown`` stops the batch. If the front goes away (pipe closed), the worker
-exits instead of lingering as an orphan.
+run-to-completion mode, for each ``RunBatch`` it streams ``StepProgress`` / ``PreviewImage`` /
+``TextPieces`` and ends with one ``BatchFinished``. Between decoding steps it polls the pipe
+(``should_cancel``), so ``CancelJobs`` stops a job at the next step and ``Shutdown`` stops the batch.
+If the front goes away (pipe closed), the worker exits instead of lingering as an orphan.
 """
 
 from __future__ import annotations

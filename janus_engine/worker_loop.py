@@ -147,7 +147,17 @@ class ContinuousLoop:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _busy(self) -> bool:
-        return bool(self.requests or self.encoding)
+        """Work to do without waiting for a message: jobs, encodings, or messages already read (the
+        one-by-one retry reads the pipe while it runs)."""
+        channel = self.channel
+        return bool(
+            self.requests
+            or self.encoding
+            or channel.incoming
+            or channel.cancelled
+            or channel.forget
+            or channel.shutting_down
+        )
 
     # ---- messages ----------------------------------------------------------------------------------
 

@@ -83,7 +83,10 @@ class ImageDecoder:
         self.ids = ids
         self.total = num_image_tokens
         self.static = static
-        self.max_pairs = bucket_for(max_pairs) if static else max_pairs
+        self.max_pairs = max_pairs
+        # Static steps run over one of these pair counts: powers of two below the decoder's size, then
+        # the size itself (a 12-pair decoder allocates 12 pairs, not 16).
+        self.buckets = (*(b for b in PAIR_BUCKETS if b < max_pairs), max_pairs)
         embeddings = model.get_input_embeddings().weight
         self.device = embeddings.device
         self.dtype = embeddings.dtype
@@ -331,7 +334,7 @@ class ImageDecoder:
         assert self.table is not None and self._logits is not None
         live = 2 * self.pairs_in_use
         if self.static:
-            rows = 2 * bucket_for(self.pairs_in_use)
+            rows = 2 * bucket_for(self.pairs_in_use, self.buckets)
             self._prepare_rows(rows)
             if self.graph_runner is not None:
                 logits = self.graph_runner(rows)

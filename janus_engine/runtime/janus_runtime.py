@@ -274,14 +274,14 @@ class JanusRuntime:
     def decode_session(self, *, max_images: int, max_texts: int, cuda_graphs: bool = True):
         """The continuous decoders for a worker (see ``decode_session``); on CUDA with ``cuda_graphs`` the
         image step runs with static shapes and is captured as CUDA graphs by its warm-up."""
-        from janus_engine.protocol import MAX_IMAGES_PER_REQUEST
         from janus_engine.runtime.decode_session import DecodeSession
 
         static = cuda_graphs and self.device.startswith("cuda")
         return DecodeSession(
             self,
-            # A request of the most images always fits an empty decoder, whatever the front's batch bound.
-            max_images=max(max_images, MAX_IMAGES_PER_REQUEST),
+            # The rows are allocated once, at warm-up: as many as the configured batch bound, which is what
+            # `janus-bot check` fits to the card's memory. The front refuses a request of more images.
+            max_images=max_images,
             max_texts=max_texts,
             static=static,
             cuda_graphs=static,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from janus_engine.runtime.continuous_images import PAIR_BUCKETS, ImageDecoder
+from janus_engine.runtime.continuous_images import ImageDecoder
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class GraphRunner:
 
 def buckets_for(decoder: ImageDecoder) -> list[int]:
     """Row counts the decoder's static steps use (2 rows per image pair)."""
-    return [2 * b for b in PAIR_BUCKETS if b <= decoder.max_pairs]
+    return [2 * b for b in decoder.buckets]
 
 
 @torch.inference_mode()

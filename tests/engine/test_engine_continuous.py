@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from janus_engine.engine import JanusEngine
+from janus_engine.errors import InvalidRequest
 from janus_engine.protocol import Done, GenerateResult, Progress, Started, UnderstandResult
 from tests.engine.engine_helpers import chat_request, gen_request, tiny_engine_config
 
@@ -143,3 +144,8 @@ async def test_run_to_completion_is_a_switch_and_makes_the_late_job_wait(tiny_mo
                 break
         await watcher
         await late.result()
+
+
+async def test_a_request_larger_than_the_rows_is_refused_at_submit(engine):
+    with pytest.raises(InvalidRequest, match="at most 4 images"):
+        engine.submit(gen_request("too-big", n=5), user_id="u1")

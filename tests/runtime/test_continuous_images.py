@@ -127,6 +127,7 @@ def test_admit_refuses_more_images_than_free_pairs_and_previews_are_partial(runt
 
 def test_static_mode_runs_every_step_over_one_bucket(runtime) -> None:
     assert [bucket_for(n) for n in (1, 2, 3, 5, 9, 100)] == [1, 2, 4, 8, 16, 64]
+    assert decoder(runtime, static=True, max_pairs=12).buckets == (1, 2, 4, 8, 12)  # 12 rows, not 16
     dec = decoder(runtime, static=True, max_pairs=4)
     sizes: list[tuple[int, int]] = []
     lm = runtime.model.model.language_model
