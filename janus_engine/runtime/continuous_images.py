@@ -344,11 +344,14 @@ class ImageDecoder:
             self._logits[:live] = logits[:live]
         else:
             self._prepare_rows(live)
-            longest = max(
-                len(r.job.prompt_ids) + r.step for r in self._requests.values()
-            )  # host-side: no device sync
+            lengths = [len(r.job.prompt_ids) + r.step for r in self._requests.values()]  # host-side
+            longest = max(lengths)
             self.table.width = min(self.table.capacity, longest)
+            # All rows equally long (requests that joined together with prompts of one length): a slice
+            # write and no mask.
+            self.table.uniform_column = longest - 1 if min(lengths) == longest else None
             self._logits[:live] = self.forward_rows(live)
+            self.table.uniform_column = None
         self._advance_rows()
         self._dummy_rows()
 
@@ -359,7 +362,11 @@ class ImageDecoder:
         pairs = rows // 2
         tokens = self._last[:pairs, None].expand(pairs, 2).reshape(-1)  # cond, uncond (no host sync)
         embeds = self.model.prepare_embeddings_for_image_generation(tokens[:, None])
-        mask = attention_mask(self.table.valid[:rows, : self.table.width], self.attn, self.dtype)
+        mask = (
+            None
+            if self.table.uniform_column is not None
+            else attention_mask(self.table.valid[:rows, : self.table.width], self.attn, self.dtype)
+        )
         out = self.language_model(
             inputs_embeds=embeds,
             attention_mask=mask,

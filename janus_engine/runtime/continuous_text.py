@@ -101,7 +101,7 @@ class TextDecoder:
             self.cache = SlotCache(config.num_hidden_layers, self.table)
             heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
             head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-            self.cache.allocate(heads, head_dim, head_dim, self.dtype)
+            self.cache.allocate(heads, head_dim, head_dim, self.dtype, zeroed=False)
         elif columns > self.table.capacity:
             self.cache.grow(columns)
 
@@ -246,13 +246,20 @@ class TextDecoder:
         table = self.table
         write_at = [row.prompt_len + len(row.tokens) - 1 for row in self._rows]
         table.write_at[:n] = torch.tensor(write_at, dtype=torch.long, device=self.device)
-        table.valid[table.row_index[:n], table.write_at[:n]] = True
         table.width = max(write_at) + 1
         table.active = n
+        uniform = min(write_at) == table.width - 1  # every row equally long: no mask needed
+        table.uniform_column = table.width - 1 if uniform else None
+        if uniform:
+            table.valid[:n, table.width - 1] = True
+            mask = None
+        else:
+            table.valid[table.row_index[:n], table.write_at[:n]] = True
+            mask = attention_mask(table.valid[:n, : table.width], self.attn, self.dtype)
         positions = table.write_at[:n, None]  # a row's position is its column: prompts are left-aligned
         out = self.model(
             input_ids=token[:, None],
-            attention_mask=attention_mask(table.valid[:n, : table.width], self.attn, self.dtype),
+            attention_mask=mask,
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,

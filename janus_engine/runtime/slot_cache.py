@@ -39,6 +39,10 @@ class SlotTable:
         self.row_index = torch.arange(rows, device=device)
         self.width = capacity
         self.active = rows  # rows the next forward runs over (set by the decoder)
+        # Set by a decoder that knows (host-side, without a device sync) that every row of the next forward
+        # writes at this one column and attends to exactly columns [0, column]: the write is then a plain
+        # slice copy and the forward needs no mask at all (SDPA's fastest path). None = rows differ.
+        self.uniform_column: int | None = None
 
 
 class SlotLayer(CacheLayerMixin):
@@ -60,11 +64,18 @@ class SlotLayer(CacheLayerMixin):
         self.device = key_states.device
         self.is_initialized = True
 
-    def allocate(self, heads: int, k_dim: int, v_dim: int, dtype: torch.dtype) -> None:
-        """Allocate the buffers up front (the decoder knows the shapes), so the first step allocates none."""
+    def allocate(
+        self, heads: int, k_dim: int, v_dim: int, dtype: torch.dtype, *, zeroed: bool = True
+    ) -> None:
+        """Allocate the buffers up front (the decoder knows the shapes), so the first step allocates none.
+
+        ``zeroed=False`` skips the fill (a decoder that allocates per burst: zeroing every row costs more
+        than the burst on a CPU); :meth:`load_prefix` zeroes the rest of each row it fills, which is all a
+        masked column needs (finite numbers)."""
         table = self.table
-        self._k = torch.zeros((table.rows, heads, table.capacity, k_dim), dtype=dtype, device=table.device)
-        self._v = torch.zeros((table.rows, heads, table.capacity, v_dim), dtype=dtype, device=table.device)
+        make = torch.zeros if zeroed else torch.empty
+        self._k = make((table.rows, heads, table.capacity, k_dim), dtype=dtype, device=table.device)
+        self._v = make((table.rows, heads, table.capacity, v_dim), dtype=dtype, device=table.device)
         self.device = table.device
         self.is_initialized = True
 
@@ -73,9 +84,14 @@ class SlotLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         table = self.table
         n = key_states.shape[0]
-        rows, cols = table.row_index[:n], table.write_at[:n]
-        self._k[rows, :, cols] = key_states[:, :, -1]
-        self._v[rows, :, cols] = value_states[:, :, -1]
+        column = table.uniform_column
+        if column is not None:
+            self._k[:n, :, column] = key_states[:, :, -1]
+            self._v[:n, :, column] = value_states[:, :, -1]
+        else:
+            rows, cols = table.row_index[:n], table.write_at[:n]
+            self._k[rows, :, cols] = key_states[:, :, -1]
+            self._v[rows, :, cols] = value_states[:, :, -1]
         return self._k[:n, :, : table.width], self._v[:n, :, : table.width]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -92,6 +108,8 @@ class SlotLayer(CacheLayerMixin):
         length = keys.shape[-2]
         self._k[slot, :, :length].copy_(keys)
         self._v[slot, :, :length].copy_(values)
+        self._k[slot, :, length:].zero_()  # columns the row may read masked must hold finite numbers
+        self._v[slot, :, length:].zero_()
 
     def move_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         self._k[dst] = self._k[src]
@@ -119,9 +137,11 @@ class SlotCache(Cache):
         super().__init__(layers=[SlotLayer(table) for _ in range(num_layers)])
         self.table = table
 
-    def allocate(self, heads: int, k_dim: int, v_dim: int, dtype: torch.dtype) -> None:
+    def allocate(
+        self, heads: int, k_dim: int, v_dim: int, dtype: torch.dtype, *, zeroed: bool = True
+    ) -> None:
         for layer in self.layers:
-            layer.allocate(heads, k_dim, v_dim, dtype)
+            layer.allocate(heads, k_dim, v_dim, dtype, zeroed=zeroed)
 
     def load_prefix(self, slot: int, prefill: Cache, row: int, start: int, end: int) -> None:
         """Copy columns ``[start, end)`` of ``prefill``'s row ``row`` into ``slot`` (left-aligned)."""
