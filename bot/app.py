@@ -78,7 +78,7 @@ class JanusBot(commands.Bot):
         self.store = store
         self.engine = engine
         self.facts = facts if facts is not None else load_model_facts(config)
-        self.limiter = UsageLimiter(config.limits)
+        self.limiter = UsageLimiter(config.limits, store)
         self.access = Access(lambda: self.config, store)
         self.interrupted_jobs: Sequence[JobRecord] = ()  # left unfinished by a previous process
         self._install_signal_handlers = install_signal_handlers

@@ -41,6 +41,9 @@ Alembic migrations of the bot's database (the URL of --url, else [database] url 
                        e.g. janus-bot.db.backup-20261203T174500Z, and prints its path (restore: stop the
                        bot, move the backup over the file). For PostgreSQL no backup is made: use pg_dump.
   current              show the revision; read-only, creates nothing
+  copy-to TARGET       copy every row into the empty database TARGET (e.g. SQLite -> PostgreSQL:
+                       postgresql+asyncpg://USER:PASSWORD@HOST/DB), migrating it first; same ids, one
+                       transaction, a row-count check per table before the commit. Stop the bot first.
 
 Bad input (unknown revision, missing file, not a database, wrong driver) ends with one line, exit 2.
 """
@@ -127,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "db",
-        help="database migrations (upgrade, downgrade with a backup, current)",
+        help="database migrations (upgrade, downgrade with a backup, current, copy-to another database)",
         description=DB_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -144,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("-y", "--yes", action="store_true", help="do not ask (scripts); a backup is still made")
     dbsub.add_parser("current", help="show the current revision (read-only; creates nothing)")
     p.set_defaults(handler="bot.store.migrate:db_command")
+    copy = dbsub.add_parser(
+        "copy-to", help="copy the whole database into an empty one (SQLite -> PostgreSQL), with a count check"
+    )
+    copy.add_argument(
+        "target", help="URL of the empty target database, e.g. postgresql+asyncpg://u:p@host/db"
+    )
+    copy.set_defaults(handler="bot.store.copy:copy_command")
     return parser
 
 

@@ -1,60 +1,46 @@
-"""Per-user cooldowns and daily caps.
+"""Per-user cooldowns and daily caps, shared by every bot process on one database.
 
-:meth:`UsageLimiter.reserve` checks and counts a use in one synchronous step, before the first ``await``
-of a request: two requests fired at once (a double-clicked Re-roll, quick @mentions) cannot both pass a
-cooldown or overshoot the daily cap. A request refused or failed before the engine accepted it gives its
-use back with :meth:`UsageLimiter.release`, so a bad upload or a full queue does not also cost a cooldown.
-State is in memory (it resets with the process); the durable record of what a user ran is the jobs table.
+:meth:`UsageLimiter.reserve` checks and counts a use in one database transaction (see
+:mod:`bot.store.usage`), before the request goes anywhere: two requests fired at once (a double-clicked
+Re-roll, quick @mentions, the same user on two shards served by two processes) cannot both pass a cooldown
+or overshoot the daily cap. A request refused or failed before the engine accepted it gives its use back
+with :meth:`UsageLimiter.release`, so a bad upload or a full queue does not also cost a cooldown. The
+counters live in the database, so a restart does not hand out a fresh day's allowance either.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot.config import LimitsSection
 from bot.errors import CooldownActive, DailyCapReached
+from bot.store import Store
+from bot.store.usage import UseGranted, UseRefused
 
 IMAGINE = "imagine"
 CHAT = "chat"
 
+Reservation = UseGranted  # what reserve() hands out and release() takes back
 
-@dataclass(frozen=True)
-class Reservation:
-    """One counted use, with what is needed to give it back."""
-
-    user_id: int
-    action: str
-    amount: int
-    day: str
-    at: float
-    previous: float | None  # the use before this one, restored on release
-
-
-@dataclass
-class _Daily:
-    day: str
-    used: int = 0
+log = logging.getLogger(__name__)
 
 
 class UsageLimiter:
     def __init__(
         self,
         limits: LimitsSection,
+        store: Store,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        today: Callable[[], str] = lambda: datetime.now(UTC).date().isoformat(),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.limits = limits
+        self.store = store
         self._clock = clock
-        self._today = today
-        self._last: dict[tuple[int, str], float] = {}
-        self._daily: dict[tuple[int, str], _Daily] = {}
 
     def update(self, limits: LimitsSection) -> None:
-        """Apply reloaded limits; counters are kept."""
+        """Apply reloaded limits; the counters (in the database) are kept."""
         self.limits = limits
 
     def _cooldown(self, action: str) -> float:
@@ -67,55 +53,37 @@ class UsageLimiter:
             else self.limits.messages_per_user_per_day
         )
 
-    def check(self, user_id: int, action: str, amount: int = 1) -> None:
-        """Raise CooldownActive / DailyCapReached if the user may not do ``action`` now."""
-        last = self._last.get((user_id, action))
-        cooldown = self._cooldown(action)
-        if last is not None and cooldown > 0:
-            wait = last + cooldown - self._clock()
-            if wait > 0:
-                raise CooldownActive(f"Slow down a little: you can use this again in {wait:.0f}s.")
+    async def reserve(self, user_id: int, action: str, amount: int = 1) -> Reservation:
+        """Count the use now, or raise CooldownActive / DailyCapReached. Give it back with :meth:`release`."""
         cap = self._cap(action)
-        if cap > 0:
-            used = self._used(user_id, action)
-            unit = "images" if action == IMAGINE else "messages"
-            if used + amount > cap:
-                left = max(cap - used, 0)
-                raise DailyCapReached(
-                    f"You have reached today's limit of {cap} {unit} ({left} left); it resets at 00:00 UTC."
-                )
+        outcome = await self.store.reserve_use(
+            user_id, action, amount, cooldown_s=self._cooldown(action), daily_cap=cap, now=self._clock()
+        )
+        if isinstance(outcome, UseGranted):
+            return outcome
+        return self._refuse(outcome, action, amount, cap)
 
-    def reserve(self, user_id: int, action: str, amount: int = 1) -> Reservation:
-        """Check, then count the use at once (no await in between). Give it back with :meth:`release`."""
-        self.check(user_id, action, amount)
-        key = (user_id, action)
-        previous, now = self._last.get(key), self._clock()
-        self._last[key] = now
-        entry = self._entry(user_id, action)
-        entry.used += amount
-        return Reservation(user_id, action, amount, entry.day, now, previous)
+    @staticmethod
+    def _refuse(refused: UseRefused, action: str, amount: int, cap: int) -> Reservation:
+        if refused.wait_s is not None:
+            raise CooldownActive(f"Slow down a little: you can use this again in {refused.wait_s:.0f}s.")
+        unit = "images" if action == IMAGINE else "messages"
+        left = max(cap - refused.used_today, 0)
+        asked = f"; this request needs {amount}" if amount > 1 and left > 0 else ""
+        raise DailyCapReached(
+            f"You have reached today's limit of {cap} {unit} ({left} left{asked}); it resets at 00:00 UTC."
+        )
 
-    def release(self, reservation: Reservation) -> None:
-        """Undo a reservation whose request never reached the engine."""
-        key = (reservation.user_id, reservation.action)
-        entry = self._daily.get(key)
-        if entry is not None and entry.day == reservation.day:
-            entry.used = max(0, entry.used - reservation.amount)
-        if self._last.get(key) == reservation.at:  # no later use happened meanwhile
-            if reservation.previous is None:
-                self._last.pop(key, None)
-            else:
-                self._last[key] = reservation.previous
+    async def release(self, reservation: Reservation) -> None:
+        """Undo a reservation whose request never reached the engine. Never raises: a lost give-back costs
+        the user one use, which is better than hiding the error that made the request fail."""
+        try:
+            await self.store.release_use(reservation)
+        except Exception:
+            log.exception("could not give back a %s use of user %s", reservation.action, reservation.user_id)
 
-    def reset_cooldown(self, user_id: int, action: str) -> None:
-        self._last.pop((user_id, action), None)
+    async def reset_cooldown(self, user_id: int, action: str) -> None:
+        await self.store.reset_cooldown(user_id, action)
 
-    def _entry(self, user_id: int, action: str) -> _Daily:
-        today = self._today()
-        entry = self._daily.get((user_id, action))
-        if entry is None or entry.day != today:
-            entry = self._daily[(user_id, action)] = _Daily(today)
-        return entry
-
-    def _used(self, user_id: int, action: str) -> int:
-        return self._entry(user_id, action).used
+    async def used_today(self, user_id: int, action: str) -> int:
+        return await self.store.used_today(user_id, action, now=self._clock())

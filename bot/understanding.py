@@ -258,11 +258,11 @@ async def answer_interaction(
     if not text and not attachments:
         raise Refusal("Ask me something (or attach an image).")
     check_attachments(attachments, bot.config.understanding)
-    reservation = bot.limiter.reserve(who.user_id, CHAT)  # before the first await: no double use
+    reservation = await bot.limiter.reserve(who.user_id, CHAT)  # atomic in the database
     try:
         submitted, q = await _download_and_submit(bot, interaction, who, settings, text, attachments, kind)
     except BaseException:
-        bot.limiter.release(reservation)  # refused or failed before the engine took it
+        await bot.limiter.release(reservation)  # refused or failed before the engine took it
         raise
     interaction.extras["answered"] = True  # from here on the follower owns the message
     submitted.follow(bot, InteractionOutlet(interaction), q)

@@ -92,7 +92,7 @@ class ChatCog(commands.Cog):
             settings = await bot.access.admit(who)
             text = check_question(bot, who, settings, text)
             check_attachments(message.attachments, bot.config.understanding)
-            reservation = bot.limiter.reserve(who.user_id, CHAT)  # before the next await: no double use
+            reservation = await bot.limiter.reserve(who.user_id, CHAT)  # atomic in the database
             async with message.channel.typing():
                 images = await read_images(message.attachments, bot.config.understanding)
             conversation = replied if isinstance(replied, ConversationRef) else None
@@ -109,7 +109,7 @@ class ChatCog(commands.Cog):
             submitted = await submit(bot, q)
         except Exception as exc:
             if reservation is not None:
-                bot.limiter.release(reservation)  # refused or failed before the engine took it
+                await bot.limiter.release(reservation)  # refused or failed before the engine took it
             if isinstance(exc, JanusError):
                 reply = exc.user_message
             else:

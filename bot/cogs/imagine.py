@@ -125,11 +125,11 @@ class ImagineCog(commands.Cog):
         if temperature > g.max_temperature:
             raise Refusal(f"Temperature must be at most {g.max_temperature}.")
         seed = seed if seed is not None else random.randint(0, MAX_SEED)
-        reservation = bot.limiter.reserve(who.user_id, IMAGINE, count)  # before any await: no double use
+        reservation = await bot.limiter.reserve(who.user_id, IMAGINE, count)  # atomic in the database
         try:
             await self._submit(interaction, who, prompt, count, guidance, temperature, seed, parent_job)
         except BaseException:
-            bot.limiter.release(reservation)  # refused or failed before the engine took it
+            await bot.limiter.release(reservation)  # refused or failed before the engine took it
             raise
 
     async def _submit(

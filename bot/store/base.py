@@ -15,9 +15,10 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from importlib import import_module
 from typing import Any, Self
 
-from sqlalchemy import CursorResult
+from sqlalchemy import CursorResult, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.store.database import SINGLE_STATEMENT_OPTION, WRITE_OPTION, create_engine
@@ -99,6 +100,28 @@ def inserted_id(result: CursorResult[Any]) -> int:
     if key is None:
         raise RuntimeError("the INSERT returned no primary key")
     return int(key[0])
+
+
+async def insert_missing(
+    conn: AsyncConnection, model: Any, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> None:
+    """Insert the rows whose primary key (``keys``) is not in the table yet; leave the others alone.
+
+    SQLite and PostgreSQL both say "INSERT ... ON CONFLICT DO NOTHING": one statement, and safe against
+    another writer inserting the same key meanwhile (on PostgreSQL the second waits for the first's commit
+    and then does nothing). Other backends look first, under the caller's transaction."""
+    if not rows:
+        return
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        dialect_insert = import_module(f"sqlalchemy.dialects.{conn.dialect.name}").insert
+        await conn.execute(dialect_insert(model).on_conflict_do_nothing(index_elements=list(keys)), rows)
+        return
+    columns = [getattr(model, key) for key in keys]
+    wanted = [tuple(row[key] for key in keys) for row in rows]
+    present = set((await conn.execute(select(*columns).where(tuple_(*columns).in_(wanted)))).tuples())
+    missing = [row for row, key in zip(rows, wanted, strict=True) if key not in present]
+    if missing:
+        await conn.execute(insert(model), missing)
 
 
 def chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:

@@ -8,13 +8,12 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import import_module
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.store.base import TokenCounter, chunks, inserted_id
+from bot.store.base import TokenCounter, chunks, insert_missing, inserted_id
 from bot.store.context import TurnCost, plan_context
 from bot.store.errors import ConversationNotFound, TurnNotFound
 from bot.store.models import Conversation, ConversationTurn, Image, TurnImage, TurnMessage, utcnow
@@ -150,6 +149,7 @@ class ConversationsMixin(SettingsMixin):
         )  # fmt: skip
         try:
             async with self._write() as conn:
+                await _lock_conversation(conn, conversation_id)
                 if reply_to_turn_id is not None:
                     await _require_turn_in(conn, reply_to_turn_id, conversation_id)
                 return await _insert_turn(conn, turn)
@@ -174,6 +174,7 @@ class ConversationsMixin(SettingsMixin):
         user_turn = self._new_turn(conversation_id, "user", question, author_id, images, message_ids)
         try:
             async with self._write() as conn:
+                await _lock_conversation(conn, conversation_id)
                 stored_question = await _insert_turn(conn, user_turn)
                 reply = self._new_turn(conversation_id, "assistant", answer, None, (), (), stored_question.id)
                 return stored_question, await _insert_turn(conn, reply)
@@ -334,6 +335,13 @@ class _NewTurn:
     blobs: list[tuple[str, bytes, int, int]]
 
 
+async def _lock_conversation(conn: AsyncConnection, conversation_id: int) -> None:
+    """Writers of one conversation take turns, so turn ids follow transaction order and an exchange's two
+    turns are adjacent. SQLite's single writer gives that already (the FOR UPDATE is dropped there); on
+    PostgreSQL two transactions would otherwise draw interleaved ids from the sequence."""
+    await conn.execute(select(Conversation.id).where(Conversation.id == conversation_id).with_for_update())
+
+
 async def _insert_turn(conn: AsyncConnection, new: _NewTurn) -> TurnRecord:
     """Insert a prepared turn with its images and message ids, inside the caller's transaction (which
     has checked the turn it replies to, if any)."""
@@ -373,25 +381,17 @@ async def _require_turn_in(conn: AsyncConnection, turn_id: int, conversation_id:
 async def _insert_missing_images(
     conn: AsyncConnection, blobs: Sequence[tuple[str, bytes, int, int]], now: datetime
 ) -> None:
-    """Store each image once: a hash already present is the same bytes (sha256), so it is reused.
-
-    SQLite and PostgreSQL both say "INSERT ... ON CONFLICT DO NOTHING", which is one statement and safe
-    against a concurrent writer storing the same image; other backends look first."""
+    """Store each image once: a hash already present is the same bytes (sha256), so it is reused (and a
+    concurrent writer storing the same image is no conflict: see :func:`insert_missing`)."""
     if not blobs:
         return
-    wanted = {sha: (png, w, h) for sha, png, w, h in blobs}
+    # Sorted: two PostgreSQL transactions storing the same images lock them in one order (no deadlock).
+    wanted = {sha: (png, w, h) for sha, png, w, h in sorted(blobs, key=lambda blob: blob[0])}
     rows = [
         {"sha256": sha, "data": png, "width": w, "height": h, "size_bytes": len(png), "created_at": now}
         for sha, (png, w, h) in wanted.items()
     ]
-    if conn.dialect.name in ("sqlite", "postgresql"):
-        dialect_insert = import_module(f"sqlalchemy.dialects.{conn.dialect.name}").insert
-        await conn.execute(dialect_insert(Image).on_conflict_do_nothing(index_elements=["sha256"]), rows)
-        return
-    present = set((await conn.scalars(select(Image.sha256).where(Image.sha256.in_(list(wanted))))).all())
-    rows = [row for row in rows if row["sha256"] not in present]
-    if rows:
-        await conn.execute(insert(Image), rows)
+    await insert_missing(conn, Image, rows, ["sha256"])
 
 
 async def _turn_costs(

@@ -184,3 +184,17 @@ class AuditLog(Base):
     target: Mapped[str | None] = mapped_column(String(200))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Usage(Base):
+    """One user's use of one limited action (imagine, chat): the time of the last use, for cooldowns, and
+    the count on ``day`` (a UTC date), for daily caps. In the database rather than in a process's memory
+    so every bot process sharing the database enforces the same limits, and a restart forgets none."""
+
+    __tablename__ = "usage"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    action: Mapped[str] = mapped_column(String(16), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10))  # ISO date, UTC: a count from another day is zero
+    used: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

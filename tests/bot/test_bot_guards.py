@@ -113,7 +113,7 @@ async def test_cooldown_and_daily_cap(world: BotWorld) -> None:
         assert first.deferred
         again = await world.run(user, world.general, "imagine", prompt="a tree")
         await _refused(world, again, "Slow down", "again in")
-        world.bot.limiter.reset_cooldown(user.id, "imagine")
+        await world.bot.limiter.reset_cooldown(user.id, "imagine")
         over = await world.run(user, world.general, "imagine", prompt="a tree", count=2)
         await _refused(world, over, "today's limit of 3 images", "1 left")
         await world.final(first, is_result)

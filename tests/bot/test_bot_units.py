@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.config import AccessSection, LimitsSection, UnderstandingSection, parse_config
+from bot.config import AccessSection, UnderstandingSection, parse_config
 from bot.delivery import LatestProgress, fit_to_limit
-from bot.errors import BadUpload, BlockedPrompt, CooldownActive, DailyCapReached, NotAllowed
+from bot.errors import BadUpload, BlockedPrompt, NotAllowed
 from bot.formatting import format_eta, progress_bar, queue_line, quote_prompt, split_message
-from bot.limits import CHAT, IMAGINE, UsageLimiter
 from bot.policy import Requester, check_access, check_prompt, effective_nsfw_policy
 from bot.store import ServerSettings
 from bot.tokens import estimate_tokens, load_model_facts
@@ -54,42 +53,6 @@ def test_split_message_keeps_every_character_within_the_limit() -> None:
     assert all(len(c) <= 500 for c in chunks) and len(chunks) > 1
     assert "".join(chunks).replace("\n", "") == text.replace("\n", "")
     assert split_message("   ") == ["(empty answer)"]
-
-
-# ---- limits -------------------------------------------------------------------------------------------
-
-
-def test_a_reservation_counts_at_once_and_a_release_gives_it_back() -> None:
-    now = [100.0]
-    day = ["2026-01-01"]
-    limiter = UsageLimiter(
-        LimitsSection(imagine_cooldown_s=10, chat_cooldown_s=0, images_per_user_per_day=5),
-        clock=lambda: now[0],
-        today=lambda: day[0],
-    )
-    limiter.check(1, IMAGINE, 4)  # a check alone does not start a cooldown
-    first = limiter.reserve(1, IMAGINE, 4)
-    # A second request fired before the first one got anywhere is already held back (no await between
-    # the check and the count, so a double click cannot pass twice).
-    with pytest.raises(CooldownActive, match="10s"):
-        limiter.reserve(1, IMAGINE)
-    limiter.check(2, IMAGINE)  # other users are unaffected
-    limiter.check(1, CHAT)  # and other actions
-    # The request failed before the engine took it (bad upload, full queue): nothing is charged.
-    limiter.release(first)
-    assert limiter.reserve(1, IMAGINE, 5).amount == 5
-    now[0] += 10.5
-    with pytest.raises(DailyCapReached, match="0 left"):
-        limiter.reserve(1, IMAGINE, 1)
-    day[0] = "2026-01-02"
-    stale = limiter.reserve(1, IMAGINE, 5)
-    now[0] += 10.5
-    day[0] = "2026-01-03"
-    limiter.reserve(1, IMAGINE, 5)
-    limiter.release(stale)  # yesterday's use is not taken off today's count
-    now[0] += 10.5
-    with pytest.raises(DailyCapReached):
-        limiter.check(1, IMAGINE, 1)
 
 
 # ---- policy -------------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""Fixtures of the store tests: a real SQLite file migrated by Alembic, and real PNG images."""
+"""Fixtures of the store tests: a real database migrated by Alembic (a SQLite file, and a PostgreSQL database
+on the server scripts/test.sh starts: every test taking ``db_url`` or ``store`` runs on both), and real PNG
+images. ``sqlite_url`` is for the tests about SQLite itself (files, WAL, backups, kill -9)."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from bot.store import Store
+from tests.postgres_support import fresh_database
 
 
 def word_count(text: str) -> int:
@@ -18,8 +21,18 @@ def word_count(text: str) -> int:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind the store supports (PostgreSQL skipped when no server runs)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+        return
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -59,7 +59,8 @@ def run_writer_until_killed(url: str, first: int, commits: int) -> list[int]:
     return committed
 
 
-async def test_kill_9_never_leaves_half_a_turn_and_keeps_every_commit(db_url: str) -> None:
+async def test_kill_9_never_leaves_half_a_turn_and_keeps_every_commit(sqlite_url: str) -> None:
+    db_url = sqlite_url
     await upgrade_database(db_url)
     committed: list[int] = []
     for _ in range(3):
