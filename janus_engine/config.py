@@ -22,6 +22,13 @@ T = TypeVar("T")
 # does; kept as the baseline the benchmarks compare against, and as a fallback).
 Batching = Literal["continuous", "run_to_completion"]
 
+# Where the workers run: "local" = one child process per device on this machine; "ray" = one Ray actor per
+# device entry, placed by Ray on any node of a cluster (janus_engine.ray_transport; `pip install .[ray]`).
+Backend = Literal["local", "ray"]
+# With the Ray backend Ray picks the GPU (an actor with num_gpus=1 sees only its own card), so a device
+# entry says only what kind of actor to start.
+RAY_DEVICES = ("cpu", "cuda")
+
 
 def setting(default: T, *, lo: float | None = None, hi: float | None = None) -> T:
     """A dataclass field whose default and bounds (inclusive, ``None`` = unbounded) are declared together.
@@ -64,12 +71,20 @@ class EngineSettings:
     batching: Batching = "continuous"
     # Static-shape image steps captured as CUDA graphs at worker start (CUDA devices only; ignored on CPU).
     cuda_graphs: bool = True
+    backend: Backend = "local"
+    # The Ray cluster to join (backend = "ray"): "" starts a Ray instance on this machine, "auto" joins the
+    # cluster this machine is a node of (`ray start` ran here), "ray://head:10001" connects a client.
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if self.batching not in get_args(Batching):
-            choices = ", ".join(repr(c) for c in get_args(Batching))
-            raise InvalidRequest(f"Engine setting batching must be one of {choices} (got {self.batching!r}).")
+        for name, allowed in (("batching", get_args(Batching)), ("backend", get_args(Backend))):
+            value = getattr(self, name)
+            if value not in allowed:
+                choices = ", ".join(repr(c) for c in allowed)
+                raise InvalidRequest(f"Engine setting {name} must be one of {choices} (got {value!r}).")
+        if not isinstance(self.ray_address, str) or len(self.ray_address) > 500 or "\n" in self.ray_address:
+            raise InvalidRequest("Engine setting ray_address must be one line of text (a Ray address).")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +109,13 @@ class EngineConfig(EngineSettings):
             raise InvalidRequest("The engine needs at least one device.")
         object.__setattr__(self, "devices", tuple(parse_device(d) for d in self.devices))
         super().__post_init__()
+        if self.backend == "ray":
+            wrong = [d for d in self.devices if d not in RAY_DEVICES]
+            if wrong:
+                raise InvalidRequest(
+                    f'With backend = "ray" each device is "cuda" (an actor on one GPU that Ray picks) or '
+                    f'"cpu"; got {", ".join(map(repr, wrong))}.'
+                )
 
     @classmethod
     def from_settings(

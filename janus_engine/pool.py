@@ -15,7 +15,7 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from janus_engine.ipc import WorkerOptions
 from janus_engine.protocol import ModelSpec
@@ -24,6 +24,28 @@ from janus_engine.worker_process import worker_main
 log = logging.getLogger(__name__)
 
 _SPAWN = multiprocessing.get_context("spawn")
+
+
+class WorkerTransport(Protocol):
+    """One worker incarnation as the supervisor drives it, whatever carries the messages: a local child
+    process (:class:`WorkerProcess`) or a Ray actor (:class:`janus_engine.ray_transport.RayWorker`). The
+    constructor takes ``(spec, options, *, loop, on_message, on_exit)``; both callbacks run on the loop,
+    ``on_exit`` exactly once, after the last message."""
+
+    options: WorkerOptions
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def send(self, message: Any) -> bool: ...
+
+    def kill(self) -> None: ...
+
+    def join(self, timeout: float) -> bool: ...
+
+    def describe_end(self, exitcode: int | None) -> str:
+        """How this incarnation ended, as the clause a failed job's message is built from."""
+        ...
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -88,6 +110,9 @@ class WorkerProcess:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, AttributeError, ValueError):
             self.process.kill()
+
+    def describe_end(self, exitcode: int | None) -> str:
+        return describe_exit(exitcode)
 
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` (blocking: call through a thread from async code) for the process to end.

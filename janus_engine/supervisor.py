@@ -28,7 +28,7 @@ from janus_engine import errors
 from janus_engine.config import EngineConfig
 from janus_engine.errors import ModelNotAvailable
 from janus_engine.ipc import BatchKind, LoadFailed, Ready, Shutdown, WorkerOptions
-from janus_engine.pool import WorkerProcess, describe_exit
+from janus_engine.pool import WorkerProcess, WorkerTransport
 from janus_engine.status import WorkerState
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class WorkerSlot:
     name: str
     device: str
     state: WorkerState = "starting"
-    proc: WorkerProcess | None = None
+    proc: WorkerTransport | None = None
     pid: int | None = None
     # The batches the worker is running: one at most in run-to-completion mode; in continuous mode every
     # batch it was handed while it had free rows (their jobs decode together).
@@ -69,7 +69,23 @@ class WorkerSlot:
     recycle_reason: str | None = None
 
 
-ProcessFactory = Callable[..., WorkerProcess]  # WorkerProcess's signature; tests pass a fake
+ProcessFactory = Callable[..., WorkerTransport]  # WorkerProcess's signature; tests pass a fake
+
+
+def _connect_ray(address: str) -> None:
+    """Import Ray (an optional extra, imported only for ``backend = "ray"``) and join the cluster."""
+    try:
+        from janus_engine.ray_transport import connect
+    except ImportError as exc:
+        raise ModelNotAvailable(
+            f'[engine] backend = "ray" needs Ray, which is not installed ({exc}): '
+            "pip install 'janus-discord-bot[ray]'"
+        ) from None
+    try:
+        connect(address)
+    except Exception as exc:  # a wrong address, a cluster that is down: one line, not Ray's traceback
+        where = address or "a new local instance"
+        raise ModelNotAvailable(f"Could not connect to Ray ({where}): {type(exc).__name__}: {exc}") from None
 
 
 class WorkerSupervisor:
@@ -92,7 +108,8 @@ class WorkerSupervisor:
         self._on_batch_lost = on_batch_lost
         self._on_no_worker = on_no_worker
         self._restarts_allowed = restarts_allowed
-        self._process_factory = process_factory  # None: WorkerProcess, looked up at each spawn
+        # None: the configured backend's transport (WorkerProcess or RayWorker), looked up at each spawn
+        self._process_factory = process_factory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
 
@@ -102,6 +119,8 @@ class WorkerSupervisor:
         """Spawn every slot's process and wait until each has loaded the model; raise ModelNotAvailable
         (or the worker's own error class) if one fails or is too slow, with no process left running."""
         self._loop = asyncio.get_running_loop()
+        if self.config.backend == "ray" and self._process_factory is None:
+            await asyncio.to_thread(_connect_ray, self.config.ray_address)
         self._started = True
         for slot in self.slots:
             self._spawn(slot, awaited=True)
@@ -183,7 +202,7 @@ class WorkerSupervisor:
         )
         slot.ready = self._loop.create_future() if awaited else None
         slot.state = "starting"
-        factory = self._process_factory or WorkerProcess
+        factory = self._process_factory or self._default_transport()
         slot.proc = factory(
             spec, options, loop=self._loop, on_message=self._on_message, on_exit=self._on_exit
         )
@@ -193,7 +212,14 @@ class WorkerSupervisor:
             self.config.worker_start_timeout_s, self._on_start_timeout, slot, proc
         )
 
-    def _on_start_timeout(self, slot: WorkerSlot, proc: WorkerProcess) -> None:
+    def _default_transport(self) -> ProcessFactory:
+        if self.config.backend == "ray":
+            from janus_engine.ray_transport import RayWorker
+
+            return RayWorker
+        return WorkerProcess
+
+    def _on_start_timeout(self, slot: WorkerSlot, proc: WorkerTransport) -> None:
         if slot.proc is proc and slot.state == "starting":
             slot.last_error = f"did not load within {self.config.worker_start_timeout_s:g} s"
             proc.kill()
@@ -211,10 +237,10 @@ class WorkerSupervisor:
             log.error("%s: %s", slot.name, slot.last_error)
             self._schedule_restart(slot, was_ready=False)
 
-    def _slot_of(self, proc: WorkerProcess) -> WorkerSlot | None:
+    def _slot_of(self, proc: WorkerTransport) -> WorkerSlot | None:
         return next((s for s in self.slots if s.proc is proc), None)
 
-    def _on_message(self, proc: WorkerProcess, message: Any) -> None:
+    def _on_message(self, proc: WorkerTransport, message: Any) -> None:
         slot = self._slot_of(proc)
         if slot is None:
             return  # a replaced incarnation
@@ -236,14 +262,14 @@ class WorkerSupervisor:
             return
         self._on_message_cb(slot, message)
 
-    def _on_exit(self, proc: WorkerProcess, exitcode: int | None) -> None:
+    def _on_exit(self, proc: WorkerTransport, exitcode: int | None) -> None:
         slot = self._slot_of(proc)
         if slot is None:
             return
         if slot.start_timer is not None:
             slot.start_timer.cancel()
         was_ready = slot.state in ("idle", "busy", "restarting")  # restarting = recycled by a timeout
-        how = describe_exit(exitcode)
+        how = proc.describe_end(exitcode)
         slot.proc = None
         slot.pid = None
         batches, slot.batches = list(slot.batches.values()), {}

@@ -20,8 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from janus_engine.errors import JanusError
 from janus_engine.ipc import (
@@ -50,10 +49,21 @@ class FrontGone(Exception):
     """The pipe to the front closed: stop at once."""
 
 
+class Duplex(Protocol):
+    """What the worker needs of its link to the front: a multiprocessing ``Connection`` (local pool) or
+    the queues of a Ray actor (:class:`janus_engine.ray_transport.QueueLink`). ``recv`` blocks; both raise
+    EOFError or OSError once the front is gone."""
+
+    def send(self, obj: Any) -> None: ...
+    def recv(self) -> Any: ...
+    def poll(self, timeout: float | None = 0.0) -> bool: ...
+    def close(self) -> None: ...
+
+
 class WorkerChannel:
     """The worker's end of the pipe plus the cancel requests that arrived during a batch."""
 
-    def __init__(self, conn: Connection, step_delay_s: float) -> None:
+    def __init__(self, conn: Duplex, step_delay_s: float) -> None:
         self.conn = conn
         self.cancelled: set[str] = set()
         self.shutting_down = False

@@ -28,7 +28,19 @@ def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> No
     """Spawn target: load the model, announce Ready, serve batches until Shutdown or the pipe closes."""
     # Ctrl-C in a terminal reaches the whole process group; the front decides how to shut down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel = WorkerChannel(conn, options.step_delay_s)
+    try:
+        run_worker(WorkerChannel(conn, options.step_delay_s), spec, options)
+    finally:
+        conn.close()
+    # Skip the interpreter's slow teardown of torch (over a second): nothing is left to flush but stdio.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_worker(channel: WorkerChannel, spec: ModelSpec, options: WorkerOptions) -> None:
+    """Load, announce, serve until Shutdown or the front goes: the part every transport shares (a local
+    process here, a Ray actor's thread in :mod:`janus_engine.ray_transport`)."""
     try:
         loaded = _load(channel, spec, options)
         if loaded is None:
@@ -40,12 +52,6 @@ def worker_main(conn: Connection, spec: ModelSpec, options: WorkerOptions) -> No
             serve(channel, runtime)
     except FrontGone:
         pass
-    finally:
-        conn.close()
-    # Skip the interpreter's slow teardown of torch (over a second): nothing is left to flush but stdio.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def _load(channel: WorkerChannel, spec: ModelSpec, options: WorkerOptions) -> tuple[Runtime, Any] | None:

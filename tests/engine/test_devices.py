@@ -157,3 +157,15 @@ def test_shape_and_parameters_are_read_from_the_checkpoint_files(tiny_model_dir:
     # The published 7B shape, as its config.json spells it (Llama defaults fill the rest).
     seven = model_shape_from_config({"text_config": {"num_hidden_layers": 30}})
     assert seven == JANUS_PRO_7B
+
+
+def test_ray_backend_devices_are_cuda_or_cpu(tiny_model_dir):
+    # Ray decides which GPU an actor gets, so a numbered device would promise what the config cannot keep.
+    config = tiny_engine_config(tiny_model_dir, backend="ray", devices=("cuda", "CPU"))
+    assert config.devices == ("cuda", "cpu")
+    with pytest.raises(InvalidRequest, match="Ray picks"):
+        tiny_engine_config(tiny_model_dir, backend="ray", devices=("cuda:1",))
+    with pytest.raises(InvalidRequest, match="backend must be one of 'local', 'ray'"):
+        tiny_engine_config(tiny_model_dir, backend="celery")
+    with pytest.raises(InvalidRequest, match="ray_address"):
+        tiny_engine_config(tiny_model_dir, backend="ray", ray_address="head:6379\nrm -rf /")

@@ -55,3 +55,14 @@ def test_front_runs_a_job_without_torch_and_its_worker_dies_with_it(tiny_model_d
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(worker), "the worker outlived the process that owned its engine"
+
+
+def test_the_ray_transport_imports_without_torch():
+    # The front imports janus_engine.ray_transport for backend = "ray"; the actor imports torch itself.
+    probe = (
+        "import sys, janus_engine.ray_transport\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

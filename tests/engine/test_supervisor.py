@@ -32,6 +32,9 @@ class FakeProcess:
     def join(self, timeout: float) -> bool:
         return True
 
+    def describe_end(self, exitcode: int | None) -> str:
+        return f"the fake worker ended with {exitcode}"
+
     def ready(self) -> None:
         self.on_message(self, Ready(pid=self.pid, device="cpu", dtype="float32", num_image_tokens=4))
 
