@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-from janus_engine.config import EngineConfig, EngineSettings, setting
+from janus_engine.config import RAY_DEVICES, EngineConfig, EngineSettings, setting
 from janus_engine.devices import DEVICE_FORMS, parse_device
 from janus_engine.errors import InvalidRequest
 from janus_engine.protocol import DEFAULT_QUESTION, ModelSpec
@@ -323,7 +323,14 @@ def _check_across(cfg: BotConfig) -> BotConfig:
     except InvalidRequest:
         bad = next(d for d in cfg.model.devices if not _is_device(d))
         raise ConfigError(f"model.devices: {bad!r} is not a device (use {DEVICE_FORMS})") from None
-    if len(set(devices)) != len(devices) and "cpu" not in devices:
+    if cfg.engine.backend == "ray":
+        wrong = [d for d in devices if d not in RAY_DEVICES]
+        if wrong:
+            raise ConfigError(
+                'model.devices: with engine.backend = "ray" each entry is one worker actor, "cuda" (on a GPU '
+                f'that Ray picks, on any node) or "cpu"; got {", ".join(map(repr, wrong))}'
+            )
+    elif len(set(devices)) != len(devices) and "cpu" not in devices:
         raise ConfigError("model.devices: a GPU is listed twice (one worker per GPU)")
     if not cfg.model.model.strip():
         raise ConfigError("model.model: must be a hub id or a local directory, got an empty string")

@@ -99,6 +99,8 @@ def _require_devices(config: BotConfig) -> None:
     runs in a child process (:func:`bot.preflight.probe_devices`): this process never imports torch."""
     from bot.preflight import probe_devices
 
+    if config.engine.backend == "ray":
+        return  # the GPUs are the cluster's: the engine checks Ray's resources when it connects
     missing = [info for info in probe_devices(config.model.devices) if not info.exists]
     if missing:
         reasons = "; ".join(info.problem or f"{info.device} is not available" for info in missing)

@@ -15,6 +15,7 @@ stays light and a torch that fails to import is reported as a device problem.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
@@ -246,6 +247,19 @@ def check_batch(config: BotConfig, info: DeviceInfo, size: tuple[ModelShape, flo
     )
 
 
+def check_ray(config: BotConfig) -> Item:
+    """With ``backend = "ray"`` the devices live on the cluster: check that Ray is installed here and say
+    what will be asked of the cluster (its resources are checked when the engine connects)."""
+    if importlib.util.find_spec("ray") is None:
+        return problem(
+            "ray", "engine.backend = \"ray\" but Ray is not installed: pip install 'janus-discord-bot[ray]'"
+        )
+    gpus = sum(d == "cuda" for d in config.model.devices)
+    actors = len(config.model.devices)
+    where = config.engine.ray_address or "a Ray instance started on this machine"
+    return ok("ray", f"{actors} worker actor(s), {gpus} on GPUs, placed by Ray at {where}")
+
+
 def check_token_counts(config: BotConfig) -> Item:
     """How conversation memory will count tokens (the model's tokenizer.json, or an estimate)."""
     from bot.tokens import load_model_facts
@@ -286,9 +300,12 @@ def run_checks(config: BotConfig, environ: dict[str, str] | None = None) -> list
     model = check_model(config)
     items += [model.item, check_token_counts(config)]
     size = model_size(config, model.directory)
-    for info in probe_devices(config.model.devices):
-        items.append(check_device(info))
-        if info.exists:
-            items.append(check_batch(config, info, size))
+    if config.engine.backend == "ray":
+        items.append(check_ray(config))
+    else:
+        for info in probe_devices(config.model.devices):
+            items.append(check_device(info))
+            if info.exists:
+                items.append(check_batch(config, info, size))
     items.append(check_log_file(config))
     return items

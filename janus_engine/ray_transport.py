@@ -45,15 +45,29 @@ POLL_S = 1.0  # how long one ``take`` waits for a message; the reader then asks 
 ACTOR_LOST = "the Ray worker actor died (its process was killed or its node was lost)"
 
 
-def connect(address: str) -> None:
-    """Join the configured Ray cluster once per process ("" = start one here; see EngineSettings).
+def connect(address: str, devices: tuple[str, ...]) -> None:
+    """Join the configured Ray cluster once per process ("" = start one here; see EngineSettings) and
+    check that it has the GPUs and CPUs ``devices`` asks for: a missing GPU would otherwise leave an actor
+    pending until the start timeout, with no word of why.
 
     A process that already called ``ray.init`` (a test's local cluster, an operator's own driver) keeps
     its connection: the engine adds its actors to it."""
-    if ray.is_initialized():
-        return
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=True)
-    log.info("connected to Ray: %s", ray.cluster_resources())
+    if not ray.is_initialized():
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=True)
+    total = ray.cluster_resources()
+    log.info("Ray cluster: %s", {k: v for k, v in total.items() if k in ("CPU", "GPU", "memory")})
+    need = {"GPU": 0.0, "CPU": 0.0}
+    for device in devices:
+        resources = actor_resources(device)
+        need["GPU"] += resources["num_gpus"]
+        need["CPU"] += resources["num_cpus"]
+    short = [
+        f"{need[k]:g} {k}s asked, {total.get(k, 0.0):g} in the cluster"
+        for k in need
+        if need[k] > total.get(k, 0.0)
+    ]
+    if short:
+        raise RuntimeError(f"the Ray cluster is too small for model.devices ({'; '.join(short)})")
 
 
 def actor_resources(device: str) -> dict[str, float]:

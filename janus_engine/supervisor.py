@@ -72,7 +72,7 @@ class WorkerSlot:
 ProcessFactory = Callable[..., WorkerTransport]  # WorkerProcess's signature; tests pass a fake
 
 
-def _connect_ray(address: str) -> None:
+def _connect_ray(address: str, devices: tuple[str, ...]) -> None:
     """Import Ray (an optional extra, imported only for ``backend = "ray"``) and join the cluster."""
     try:
         from janus_engine.ray_transport import connect
@@ -82,7 +82,7 @@ def _connect_ray(address: str) -> None:
             "pip install 'janus-discord-bot[ray]'"
         ) from None
     try:
-        connect(address)
+        connect(address, devices)
     except Exception as exc:  # a wrong address, a cluster that is down: one line, not Ray's traceback
         where = address or "a new local instance"
         raise ModelNotAvailable(f"Could not connect to Ray ({where}): {type(exc).__name__}: {exc}") from None
@@ -120,7 +120,7 @@ class WorkerSupervisor:
         (or the worker's own error class) if one fails or is too slow, with no process left running."""
         self._loop = asyncio.get_running_loop()
         if self.config.backend == "ray" and self._process_factory is None:
-            await asyncio.to_thread(_connect_ray, self.config.ray_address)
+            await asyncio.to_thread(_connect_ray, self.config.ray_address, self.config.devices)
         self._started = True
         for slot in self.slots:
             self._spawn(slot, awaited=True)

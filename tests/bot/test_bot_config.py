@@ -62,6 +62,13 @@ def test_example_file_documents_every_key() -> None:
         ({"limits": {"imagine_cooldown_s": True}}, "limits.imagine_cooldown_s: must be a number"),
         ({"understanding": {"allowed_content_types": ["text/plain"]}}, "understanding.allowed_content_types"),
         ({"limits": 3}, "limits: must be a table"),
+        ({"engine": {"backend": "celery"}}, "engine.backend: must be one of"),
+        ({"engine": {"ray_address": 6379}}, "engine.ray_address: must be a string"),
+        (
+            {"engine": {"backend": "ray"}, "model": {"devices": ["cuda:1"]}},
+            'model.devices: with engine.backend = "ray" each entry is one worker actor',
+        ),
+        ({"model": {"devices": ["cuda:0", "cuda:0"]}}, "model.devices: a GPU is listed twice"),
     ],
 )
 def test_bad_keys_are_named_with_the_reason(doc: dict, needle: str) -> None:
@@ -121,6 +128,18 @@ def test_engine_config_mapping() -> None:
     assert ec.max_queue == 7
     assert ec.job_timeout_s == 30.0
     assert ec.preview_every == 0
+    assert ec.backend == "local"
+
+
+def test_ray_backend_takes_repeated_cuda_entries_as_one_actor_each() -> None:
+    cfg = parse_config(
+        {
+            "model": {"devices": ["cuda", "cuda", "cpu"]},
+            "engine": {"backend": "ray", "ray_address": "ray://head:10001"},
+        }
+    )
+    ec = cfg.engine_config()
+    assert (ec.backend, ec.ray_address, ec.devices) == ("ray", "ray://head:10001", ("cuda", "cuda", "cpu"))
 
 
 def test_reload_reports_what_needs_a_restart() -> None:

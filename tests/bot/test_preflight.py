@@ -8,6 +8,7 @@ Everything is real: the CLI in a child process, real worker processes on the tin
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import subprocess
@@ -19,7 +20,15 @@ from typing import Any
 import pytest
 
 from bot.config import parse_config
-from bot.preflight import check_batch, check_database, check_log_file, check_model, exit_status, model_size
+from bot.preflight import (
+    check_batch,
+    check_database,
+    check_log_file,
+    check_model,
+    check_ray,
+    exit_status,
+    model_size,
+)
 from discord_emulator import DiscordEmulator
 from janus_engine.devices import DeviceInfo
 from tests.bot.bot_world import write_toml
@@ -185,6 +194,20 @@ def test_check_log_file_in_a_missing_folder_is_a_problem(tmp_path: Path) -> None
         item.status == "PROBLEM" and item.text == f"logging.file: folder {tmp_path / 'logs'} does not exist"
     )
     assert not (tmp_path / "logs").exists()
+
+
+def test_check_with_the_ray_backend_names_the_actors_and_needs_ray_installed(monkeypatch) -> None:
+    import bot.preflight
+
+    config = parse_config(
+        {"engine": {"backend": "ray", "ray_address": "auto"}, "model": {"devices": ["cuda", "cuda", "cpu"]}}
+    )
+    if importlib.util.find_spec("ray") is not None:
+        item = check_ray(config)
+        assert item.status == "OK" and "3 worker actor(s), 2 on GPUs, placed by Ray at auto" in item.text
+    monkeypatch.setattr(bot.preflight.importlib.util, "find_spec", lambda name: None)
+    item = check_ray(config)
+    assert item.status == "PROBLEM" and "pip install 'janus-discord-bot[ray]'" in item.text
 
 
 # ---- janus-bot run's start-up ------------------------------------------------------------------------------

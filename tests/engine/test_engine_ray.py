@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from janus_engine.engine import JanusEngine
+from janus_engine.errors import ModelNotAvailable
 from janus_engine.protocol import Cancelled, Done, Failed, GenerateResult, Progress, UnderstandResult
 from tests.engine.engine_helpers import chat_request, collect, gen_request, tiny_engine_config
 
@@ -178,6 +179,16 @@ async def test_an_actor_killed_mid_job_fails_its_job_clearly_and_is_replaced(eng
     assert victim_pid not in _actor_pids(engine)
     result = await asyncio.wait_for(engine.submit(gen_request("on-new"), user_id="later").result(), 60)
     assert isinstance(result, GenerateResult)
+
+
+async def test_a_cluster_without_the_gpus_asked_for_is_refused_at_start(ray_cluster, tiny_model_dir):
+    # This cluster has no GPU: without the check the actor would wait for one until the start timeout.
+    engine = JanusEngine(tiny_engine_config(tiny_model_dir, backend="ray", devices=("cuda", "cpu")))
+    with pytest.raises(
+        ModelNotAvailable, match=r"too small for model.devices \(1 GPUs asked, 0 in the cluster"
+    ):
+        await engine.start()
+    assert all(w.state == "stopped" for w in engine.status().workers)
 
 
 async def test_stop_ends_every_actor(engine):

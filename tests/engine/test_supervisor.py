@@ -6,6 +6,7 @@ import asyncio
 
 from janus_engine.config import EngineConfig
 from janus_engine.ipc import Ready
+from janus_engine.pool import describe_exit
 from janus_engine.protocol import ModelSpec
 from janus_engine.supervisor import RunningBatch, WorkerSlot, WorkerSupervisor
 
@@ -33,7 +34,7 @@ class FakeProcess:
         return True
 
     def describe_end(self, exitcode: int | None) -> str:
-        return f"the fake worker ended with {exitcode}"
+        return describe_exit(exitcode)  # as WorkerProcess does: these tests play local processes
 
     def ready(self) -> None:
         self.on_message(self, Ready(pid=self.pid, device="cpu", dtype="float32", num_image_tokens=4))
