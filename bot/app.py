@@ -57,6 +57,25 @@ def build_intents(config: BotConfig) -> discord.Intents:
     return intents
 
 
+def shard_options(config: BotConfig, *, sharded_client: bool) -> dict[str, Any]:
+    """discord.py's shard arguments for this process: none unsharded; ``shard_id`` for a process that
+    runs one shard (a plain client); ``shard_ids`` for one that runs several (an AutoShardedBot)."""
+    section = config.discord
+    if not section.shard_count:
+        return {}
+    if sharded_client:
+        return {"shard_count": section.shard_count, "shard_ids": list(section.shards)}
+    (only,) = section.shards
+    return {"shard_count": section.shard_count, "shard_id": only}
+
+
+def make_bot(config: BotConfig, **kwargs: Any) -> JanusBot:
+    """The bot for this process's shards: one connection (:class:`JanusBot`), or one per shard
+    (:class:`ShardedJanusBot`) when ``discord.shard_ids`` gives this process several."""
+    cls = ShardedJanusBot if len(config.discord.shards) > 1 else JanusBot
+    return cls(config, **kwargs)
+
+
 class JanusBot(commands.Bot):
     """discord.py Bot wired to the Janus engine and the store, which its launcher opened and closes."""
 
@@ -73,6 +92,7 @@ class JanusBot(commands.Bot):
         kwargs.setdefault("command_prefix", commands.when_mentioned)
         kwargs.setdefault("help_command", None)
         kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        kwargs.update(shard_options(config, sharded_client=isinstance(self, commands.AutoShardedBot)))
         super().__init__(intents=build_intents(config), **kwargs)
         self.config = config
         self.store = store
@@ -97,7 +117,9 @@ class JanusBot(commands.Bot):
             log.info("marked %d job(s) of a previous run as failed", len(self.interrupted_jobs))
         for module in COG_MODULES:
             await self.load_extension(module)
-        await self.sync_commands()
+        shards = self.config.discord.shards
+        if not shards or 0 in shards:  # one process syncs the commands; the others would repeat it
+            await self.sync_commands()
         self.run_in_background(run_retention(self.store, lambda: self.config.memory.retention_days))
         if self._install_signal_handlers:
             try:
@@ -210,3 +232,8 @@ def _describe(interaction: discord.Interaction) -> str:
     data: Any = interaction.data or {}
     cmd = interaction.command.qualified_name if interaction.command else data.get("custom_id", "?")
     return f"{cmd!s} (user {interaction.user.id})"
+
+
+class ShardedJanusBot(JanusBot, commands.AutoShardedBot):
+    """:class:`JanusBot` on discord.py's AutoShardedBot: one gateway connection per shard of
+    ``discord.shard_ids``, one event loop, one engine and one store for all of them."""

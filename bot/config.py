@@ -19,6 +19,7 @@ listed by :func:`restart_required_changes`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import tomllib
@@ -74,6 +75,44 @@ class DiscordSection:
     owners: tuple[int, ...] = ()  # user ids allowed to run /admin
     message_content_intent: bool = False  # privileged; needed only to read reply chains / plain messages
     respond_to_mentions: bool = True
+    # Sharding, for installs split over several bot processes (docs/scaling.md): 0 = one process serves
+    # everything (Discord's default of one shard). Otherwise the total number of shards, and this
+    # process's shards (empty = all of them, in this one process).
+    shard_count: int = setting(0, lo=0, hi=10_000)
+    shard_ids: tuple[int, ...] = setting((), lo=0, hi=9_999)
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        """This process's shard ids (``()`` when the bot is not sharded)."""
+        return self.shard_ids or tuple(range(self.shard_count))
+
+    @property
+    def owner(self) -> str:
+        """This process's name among the bot processes sharing a database (the ``owner`` of its jobs):
+        "main" unsharded, else its shard set, as ranges ("shards 0-3,8 of 16")."""
+        if not self.shard_count:
+            from bot.store.base import UNSHARDED_OWNER  # the store's default (the store never imports us)
+
+            return UNSHARDED_OWNER
+        name = f"shards {_ranges(self.shards)} of {self.shard_count}"
+        if len(name) > 64:  # the column's width; a set this scattered is named by a digest
+            name = f"shards #{hashlib.sha256(name.encode()).hexdigest()[:16]} of {self.shard_count}"
+        return name
+
+
+def _ranges(ids: tuple[int, ...]) -> str:
+    """(0, 1, 2, 3, 8) -> "0-3,8"."""
+    out: list[str] = []
+    ordered = sorted(set(ids))
+    start = prev = ordered[0]
+    for x in [*ordered[1:], None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ",".join(out)
 
 
 @dataclass(frozen=True)
@@ -261,6 +300,8 @@ def _value(where: str, v: Any, declared: Any, bounds: Any) -> Any:
         if origin is Literal and v not in args:
             raise bad(f"must be one of {', '.join(args)}; got {v!r}")
         return v
+    if origin is tuple and args[0] is int and bounds:  # small numbers with bounds (shard ids)
+        return tuple(_value(f"{where}[{i}]", x, int, bounds) for i, x in enumerate(_list(where, v)))
     if origin is tuple and args[0] is int:  # Discord snowflakes
         return _discord_ids(where, v)
     if origin is tuple and args[0] is str:
@@ -274,6 +315,12 @@ def _value(where: str, v: Any, declared: Any, bounds: Any) -> Any:
                 raise ConfigError(f"{where}[{i}]: invalid regular expression {pattern!r}: {exc}") from None
         return tuple(out)
     raise TypeError(f"{where}: the reader has no rule for the declared type {declared!r}")
+
+
+def _list(where: str, v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise ConfigError(f"{where}: must be a list, got {v!r}")
+    return v
 
 
 def _strings(where: str, v: Any) -> tuple[str, ...]:
@@ -315,6 +362,17 @@ def _check_across(cfg: BotConfig) -> BotConfig:
             "discord.token_env: must be the NAME of an environment variable (like DISCORD_TOKEN), "
             "not the token itself"
         )
+
+    shards = cfg.discord
+    if shards.shard_ids and not shards.shard_count:
+        raise ConfigError("discord.shard_ids: needs discord.shard_count (the total number of shards)")
+    if any(i >= shards.shard_count for i in shards.shard_ids):
+        raise ConfigError(
+            f"discord.shard_ids: each id must be below shard_count ({shards.shard_count}), "
+            f"got {list(shards.shard_ids)}"
+        )
+    if len(set(shards.shard_ids)) != len(shards.shard_ids):
+        raise ConfigError(f"discord.shard_ids: an id is listed twice: {list(shards.shard_ids)}")
 
     if not cfg.model.devices:
         raise ConfigError('model.devices: needs at least one device ("cuda:0", "cpu")')
@@ -416,6 +474,9 @@ def restart_required_changes(old: BotConfig, new: BotConfig) -> list[str]:
         changed.append("discord.token_env")
     if old.discord.guild_ids != new.discord.guild_ids:
         changed.append("discord.guild_ids")
+    for key in ("shard_count", "shard_ids"):
+        if getattr(old.discord, key) != getattr(new.discord, key):
+            changed.append(f"discord.{key}")
     if old.discord.message_content_intent != new.discord.message_content_intent:
         changed.append("discord.message_content_intent")
     if old.logging.file != new.logging.file:

@@ -52,16 +52,17 @@ async def serve(
     config: BotConfig, token: str, *, engine_config: EngineConfig | None = None, **bot_kwargs: Any
 ) -> None:
     """Open the store and the engine, run the bot until it closes, then close what was opened."""
-    from bot.app import JanusBot
+    from bot.app import make_bot
     from bot.store import Store
     from bot.tokens import load_model_facts
     from janus_engine.engine import JanusEngine
 
     facts = load_model_facts(config)
-    async with await Store.open(config.database.url, count_tokens=facts.count_tokens) as store:
+    owner = config.discord.owner  # the name this process's jobs carry (its shard set)
+    async with await Store.open(config.database.url, count_tokens=facts.count_tokens, owner=owner) as store:
         log.info("starting engine workers on %s", ", ".join(config.model.devices))
         async with JanusEngine(engine_config or config.engine_config()) as engine:
-            bot = JanusBot(config, store=store, engine=engine, facts=facts, **bot_kwargs)
+            bot = make_bot(config, store=store, engine=engine, facts=facts, **bot_kwargs)
             async with bot:
                 await bot.start(token)
 

@@ -197,10 +197,22 @@ class DiscordEmulator:
         return user
 
     def add_guild(
-        self, name: str = "Test Guild", *, upload_limit: int = DEFAULT_UPLOAD_LIMIT, owner: User | None = None
+        self,
+        name: str = "Test Guild",
+        *,
+        upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        owner: User | None = None,
+        on_shard: tuple[int, int] | None = None,
     ) -> Guild:
+        """A new guild; ``on_shard=(shard_id, shard_count)`` picks its id so that Discord's rule
+        ((id >> 22) % shard_count) puts it on that shard (its timestamp moved back a few ms)."""
         owner = owner or self.owner
-        guild = Guild(self.world.snowflakes.next(), name, owner.id, upload_limit=upload_limit)
+        guild_id = self.world.snowflakes.next()
+        if on_shard is not None:
+            shard_id, count = on_shard
+            ms = guild_id >> 22
+            guild_id = ((ms - (ms - shard_id) % count) << 22) | (guild_id & ((1 << 22) - 1))
+        guild = Guild(guild_id, name, owner.id, upload_limit=upload_limit)
         guild.roles[guild.id] = Role(guild.id, guild.id, "@everyone", DEFAULT_EVERYONE_PERMISSIONS)
         bot_role = Role(
             self.world.snowflakes.next(), guild.id, self.bot_user.name, BOT_ROLE_PERMISSIONS, position=1

@@ -36,6 +36,7 @@ PRIVILEGED_INTENTS = INTENT_GUILD_MEMBERS | INTENT_GUILD_PRESENCES | INTENT_MESS
 
 # Close codes.
 CLOSE_AUTH_FAILED = 4004
+CLOSE_INVALID_SHARD = 4010
 CLOSE_DISALLOWED_INTENTS = 4014
 
 
@@ -47,6 +48,7 @@ class GatewaySession:
         self.session_id = secrets.token_hex(16)
         self.sequence = 0
         self.intents = 0
+        self.shard: tuple[int, int] = (0, 1)  # (shard id, shard count) from IDENTIFY
         self.identified = False
         self.ready = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -68,7 +70,26 @@ class DroppedSession:
 
     intents: int
     sequence: int
+    shard: tuple[int, int] = (0, 1)
     backlog: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """Discord's rule: a guild's events go to shard (guild_id >> 22) % shard_count; DMs to shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
+
+def event_guild(event: str, data: dict[str, Any]) -> int | None:
+    """The guild an event belongs to (None: a DM or a user-level event, which shard 0 receives)."""
+    if event.startswith("GUILD_") and "guild_id" not in data and "id" in data:
+        return int(data["id"])  # GUILD_CREATE / UPDATE / DELETE carry the guild itself
+    guild_id = data.get("guild_id")
+    return int(guild_id) if guild_id else None
+
+
+def for_shard(shard: tuple[int, int], event: str, data: dict[str, Any]) -> bool:
+    shard_id, count = shard
+    return count <= 1 or shard_of(event_guild(event, data), count) == shard_id
 
 
 class Gateway:
@@ -86,7 +107,7 @@ class Gateway:
     # -- outgoing events --------------------------------------------------------------------------
 
     def wants(self, session: GatewaySession, event: str, data: dict[str, Any]) -> bool:
-        return self.wants_intents(session.intents, event, data)
+        return for_shard(session.shard, event, data) and self.wants_intents(session.intents, event, data)
 
     def redact_content(self, session: GatewaySession, event: str, data: dict[str, Any]) -> dict[str, Any]:
         return self.redact_intents(session.intents, event, data)
@@ -117,7 +138,7 @@ class Gateway:
     def _backlog(self, event: str, data: dict[str, Any]) -> None:
         """Events for dropped sessions wait for their RESUME, as Discord replays them."""
         for dropped in self.dropped.values():
-            if self.wants_intents(dropped.intents, event, data):
+            if for_shard(dropped.shard, event, data) and self.wants_intents(dropped.intents, event, data):
                 dropped.backlog.append((event, self.redact_intents(dropped.intents, event, data)))
 
     def dispatch(self, event: str, data: dict[str, Any], intent: int | None = None) -> None:
@@ -164,7 +185,9 @@ class Gateway:
         finally:
             self.sessions.remove(session)
             if session.identified and ws.close_code not in (1000, 1001):
-                self.dropped.setdefault(session.session_id, DroppedSession(session.intents, session.sequence))
+                self.dropped.setdefault(
+                    session.session_id, DroppedSession(session.intents, session.sequence, session.shard)
+                )
         return ws
 
     async def _on_frame(self, session: GatewaySession, frame: dict[str, Any]) -> None:
@@ -193,15 +216,25 @@ class Gateway:
         if session.intents & PRIVILEGED_INTENTS and not self.privileged_intents:
             await session.ws.close(code=CLOSE_DISALLOWED_INTENTS, message=b"Disallowed intent(s).")
             return
+        shard = data.get("shard") or [0, 1]
+        try:
+            shard_id, shard_count = int(shard[0]), int(shard[1])
+            if not 0 <= shard_id < shard_count:
+                raise ValueError
+        except (TypeError, ValueError, IndexError):
+            await session.ws.close(code=CLOSE_INVALID_SHARD, message=b"Invalid shard.")
+            return
+        session.shard = (shard_id, shard_count)
         world = self.world
+        guilds = [g for g in world.guilds.values() if shard_of(g.id, shard_count) == shard_id]
         ready = {
             "v": 10,
             "user": {**user_payload(world.bot_user), "verified": True, "mfa_enabled": False, "email": None},
-            "guilds": [{"id": str(g), "unavailable": True} for g in world.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.session_id,
             "resume_gateway_url": self.resume_url,
             "session_type": "normal",
-            "shard": list(data.get("shard") or [0, 1]),
+            "shard": [shard_id, shard_count],
             "application": {"id": str(world.application_id), "flags": 0},
             "private_channels": [],
             "relationships": [],
@@ -212,7 +245,7 @@ class Gateway:
         }
         session.identified = True
         await session.send(DISPATCH, ready, "READY")
-        for guild in list(world.guilds.values()):
+        for guild in guilds:
             await session.send(DISPATCH, guild_create_payload(guild), "GUILD_CREATE")
         session.ready.set()
         self.session_ready.set()
@@ -227,6 +260,7 @@ class Gateway:
             return
         session.session_id = str(data["session_id"])
         session.intents = dropped.intents
+        session.shard = dropped.shard
         session.sequence = dropped.sequence
         session.identified = True
         for event, payload in dropped.backlog:

@@ -35,20 +35,40 @@ def estimate_tokens(text: str) -> int:
     return (len(text.encode("utf-8")) + 2) // 3
 
 
+# The owner of jobs made by a bot process that runs every shard (the usual, single-process install).
+UNSHARDED_OWNER = "main"
+
+
 class StoreBase:
     """The engine and transactions; the feature mixins build on it."""
 
-    def __init__(self, engine: AsyncEngine, *, count_tokens: TokenCounter = estimate_tokens) -> None:
-        """Wrap an engine made by :func:`bot.store.database.create_engine` (it sets SQLite up)."""
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        count_tokens: TokenCounter = estimate_tokens,
+        owner: str = UNSHARDED_OWNER,
+    ) -> None:
+        """Wrap an engine made by :func:`bot.store.database.create_engine` (it sets SQLite up).
+
+        ``owner`` names this bot process among those sharing the database (its shard set, see
+        :func:`bot.config.DiscordSection.owner`): the jobs it creates carry it, and at start it closes
+        only its own interrupted jobs."""
         self.engine = engine
         self.count_tokens = count_tokens
+        self.owner = owner
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
         self._single = engine.execution_options(**{SINGLE_STATEMENT_OPTION: True})
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     async def open(
-        cls, url: str, *, count_tokens: TokenCounter = estimate_tokens, upgrade: bool = True
+        cls,
+        url: str,
+        *,
+        count_tokens: TokenCounter = estimate_tokens,
+        upgrade: bool = True,
+        owner: str = UNSHARDED_OWNER,
     ) -> Self:
         """Connect to ``url`` and (by default) upgrade its schema to the newest migration first."""
         engine = create_engine(url)
@@ -60,7 +80,7 @@ class StoreBase:
             except BaseException:
                 await engine.dispose()
                 raise
-        return cls(engine, count_tokens=count_tokens)
+        return cls(engine, count_tokens=count_tokens, owner=owner)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -6,11 +6,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.store.base import StoreBase, json_dict
+from bot.store.base import UNSHARDED_OWNER, StoreBase, json_dict
 from bot.store.errors import JobNotFound
 from bot.store.models import Job, utcnow
 from bot.store.records import JobKind, JobRecord, JobStatus
@@ -49,6 +49,7 @@ class JobsMixin(StoreBase):
             created_at=utcnow(),
             started_at=None,
             finished_at=None,
+            owner=self.owner,
         )
         try:
             async with self._write() as conn:
@@ -67,6 +68,7 @@ class JobsMixin(StoreBase):
                         timings={},
                         message_ids=[],
                         created_at=record.created_at,
+                        owner=self.owner,
                     )
                 )
         except IntegrityError as exc:
@@ -146,13 +148,19 @@ class JobsMixin(StoreBase):
     async def fail_interrupted_jobs(
         self, reason: str = "The bot restarted before this job finished."
     ) -> list[JobRecord]:
-        """At start: jobs still queued or running belong to a previous process; mark them failed.
+        """At start: this process's jobs still queued or running belong to its previous life; mark them
+        failed. Jobs of the other bot processes sharing the database (another ``owner``) are theirs and
+        may be running right now: they are left alone. Jobs without an owner (from before jobs had one)
+        and, in a sharded process, the unsharded owner's jobs (the install ran as one process before)
+        have no other process to close them, so this one does.
 
         Returns them as they now are (with the ids of the messages that were showing their progress), so
         that the bot can tell their users instead of leaving a progress bar that never moves again."""
         active = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+        mine = or_(Job.owner.is_(None), Job.owner.in_({self.owner, UNSHARDED_OWNER}))
         async with self._write() as conn:
-            ids = list((await conn.execute(select(Job.id).where(Job.status.in_(active)))).scalars())
+            query = select(Job.id).where(Job.status.in_(active), mine)
+            ids = list((await conn.execute(query)).scalars())
             if not ids:
                 return []
             await conn.execute(

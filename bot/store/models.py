@@ -154,6 +154,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The bot process that created it (Store.owner: "main", or its shard set "shards 0,1 of 4"); NULL for
+    # jobs from before migration 0003.
+    owner: Mapped[str | None] = mapped_column(String(64))
 
 
 class GuildSettings(Base):

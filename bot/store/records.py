@@ -189,6 +189,7 @@ class JobRecord:
     finished_at: datetime | None
     timings: dict[str, float] = field(default_factory=dict)
     message_ids: tuple[int, ...] = ()
+    owner: str | None = None  # the bot process that created it (Store.owner); None before migration 0003
 
 
 @dataclass(frozen=True)

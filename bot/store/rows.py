@@ -59,6 +59,7 @@ def job_select():  # type: ignore[no-untyped-def]
         Job.finished_at,
         Job.timings,
         Job.message_ids,
+        Job.owner,
     )
 
 
@@ -79,6 +80,7 @@ def job_record(row: Row[Any]) -> JobRecord:
         finished_at=row.finished_at,
         timings=dict(row.timings or {}),
         message_ids=tuple(row.message_ids or ()),
+        owner=row.owner,
     )
 
 

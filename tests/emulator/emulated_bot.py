@@ -72,11 +72,12 @@ class Observed:
 
 
 class EmulatedTestBot(commands.Bot):
-    def __init__(self, guild_id: int | None, observed: Observed) -> None:
+    def __init__(self, guild_id: int | None, observed: Observed, **options: object) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),  # no message-content intent: mentions must still work
             guild_ready_timeout=0.05,
+            **options,  # e.g. shard_id / shard_count
         )
         self.guild_id = guild_id
         self.observed = observed
@@ -108,6 +109,10 @@ class EmulatedTestBot(commands.Bot):
         @tree.command(description="Say pong")
         async def ping(interaction: discord.Interaction) -> None:
             await interaction.response.send_message("pong", ephemeral=True)
+
+        @tree.command(description="Which shard answers")
+        async def shard(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message(f"shard {interaction.client.shard_id}")
 
         @tree.command(description="Repeat text")
         async def echo(interaction: discord.Interaction, text: str) -> None:
@@ -232,10 +237,10 @@ class Scene:
 
 
 async def start_bot(
-    emu: DiscordEmulator, guild_id: int | None, observed: Observed
+    emu: DiscordEmulator, guild_id: int | None, observed: Observed, **options: object
 ) -> tuple[EmulatedTestBot, asyncio.Task[None]]:
     """Start the bot and return once it is ready; if it dies while starting, raise its error at once."""
-    bot = EmulatedTestBot(guild_id, observed)
+    bot = EmulatedTestBot(guild_id, observed, **options)
     task = asyncio.create_task(bot.start(emu.bot_token))
     ready = asyncio.create_task(bot.wait_until_ready())
     done, _ = await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)

@@ -40,6 +40,41 @@ async def test_global_sync_and_login_identity_match_the_application() -> None:
         emu.assert_clean()
 
 
+async def test_two_shards_each_get_only_their_guilds_and_dms_go_to_shard_0() -> None:
+    async with DiscordEmulator() as emu:
+        guild_a = emu.add_guild("A", on_shard=(0, 2))
+        guild_b = emu.add_guild("B", on_shard=(1, 2))
+        assert ((guild_a.id >> 22) % 2, (guild_b.id >> 22) % 2) == (0, 1)  # Discord's rule
+        chan_a, chan_b = emu.add_channel(guild_a), emu.add_channel(guild_b)
+        erin = emu.add_user("erin")
+        emu.add_member(guild_a, erin)
+        emu.add_member(guild_b, erin)
+        with emu.configure_client():
+            bot0, task0 = await start_bot(emu, None, Observed(), shard_id=0, shard_count=2)
+            bot1, task1 = await start_bot(emu, None, Observed(), shard_id=1, shard_count=2)
+            try:
+                assert [g.id for g in bot0.guilds] == [guild_a.id]
+                assert [g.id for g in bot1.guilds] == [guild_b.id]
+                for channel, answer in (
+                    (chan_a, "shard 0"),
+                    (chan_b, "shard 1"),
+                    (emu.dm_channel(erin), "shard 0"),
+                ):
+                    itx = await emu.slash(erin, channel, "shard")
+                    assert (await itx.wait_original()).content == answer
+                # A guild created later goes to its shard's session only.
+                late = emu.add_guild("C", on_shard=(1, 2))
+                async with asyncio.timeout(5):
+                    while bot1.get_guild(late.id) is None:
+                        await asyncio.sleep(0.02)
+                await emu.gateway.flush()
+                assert bot0.get_guild(late.id) is None
+            finally:
+                await stop_bot(bot1, task1)
+                await stop_bot(bot0, task0)
+        emu.assert_clean()
+
+
 async def test_button_on_an_old_message_works_after_a_full_bot_restart() -> None:
     async with DiscordEmulator() as emu:
         guild = emu.add_guild()
