@@ -4,11 +4,12 @@ a failed write leaves nothing half-done."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from bot.store import ConversationKey, ConversationScope, JobKind, JobStatus, Store
+from bot.store.base import UNSHARDED_OWNER
 from bot.store.errors import ConversationNotFound, JobNotFound, TurnNotFound
-from bot.store.models import ConversationTurn, Image, TurnImage
+from bot.store.models import ConversationTurn, Image, Job, TurnImage, utcnow
 from janus_engine.errors import InvalidImage, InvalidRequest
 
 
@@ -72,6 +73,39 @@ async def test_jobs_left_by_a_previous_process_are_marked_failed(store: Store) -
     assert (await store.get_job(queued.id)).status is JobStatus.FAILED
     assert "restarted" in (await store.get_job(running.id)).error
     assert (await store.get_job(done.id)).status is JobStatus.DONE
+
+
+async def test_a_restarting_process_closes_only_its_own_jobs(db_url: str) -> None:
+    # Two bot processes (shards 0 and 1 of 2) share the database; shard 1 restarts while shard 0 runs.
+    async with (
+        await Store.open(db_url, owner="shards 0 of 2") as shard0,
+        await Store.open(db_url, owner="shards 1 of 2") as shard1,
+    ):
+        running_on_0 = await shard0.create_job(
+            JobKind.IMAGINE, user_id=1, guild_id=1, channel_id=1, prompt="a"
+        )
+        await shard0.mark_job_running(running_on_0.id)
+        left_by_1 = await shard1.create_job(JobKind.IMAGINE, user_id=2, guild_id=2, channel_id=2, prompt="b")
+        assert (running_on_0.owner, left_by_1.owner) == ("shards 0 of 2", "shards 1 of 2")
+        assert (await shard0.get_job(running_on_0.id)).owner == "shards 0 of 2"  # stored, not just returned
+        async with shard1.engine.begin() as conn:  # a job from before jobs had an owner, and one made
+            await conn.execute(  # while the install still ran as one process
+                insert(Job).values(
+                    id="legacy", kind="imagine", user_id=3, guild_id=3, channel_id=3, prompt="c", params={},
+                    status="running", timings={}, message_ids=[], created_at=utcnow(), owner=None,
+                )
+            )  # fmt: skip
+        async with await Store.open(db_url) as unsharded:
+            was_main = await unsharded.create_job(
+                JobKind.DESCRIBE, user_id=4, guild_id=4, channel_id=4, prompt="d"
+            )
+        assert was_main.owner == UNSHARDED_OWNER
+
+        closed = await shard1.fail_interrupted_jobs()
+        assert {j.id for j in closed} == {left_by_1.id, "legacy", was_main.id}
+        assert (await shard0.get_job(running_on_0.id)).status is JobStatus.RUNNING  # shard 0's, still running
+        # When shard 0 restarts in turn, its own running job is the one it closes.
+        assert [j.id for j in await shard0.fail_interrupted_jobs()] == [running_on_0.id]
 
 
 async def test_list_jobs_filters_newest_first(store: Store) -> None:
