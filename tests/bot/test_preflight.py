@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,10 @@ from bot.preflight import (
 from discord_emulator import DiscordEmulator
 from janus_engine.devices import DeviceInfo
 from tests.bot.bot_world import write_toml
+from tests.bot.cli_process import RUN_SCRIPT
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN_ENV = "JANUS_PREFLIGHT_TOKEN"
-# The real CLI, with discord.py pointed at the given REST base and gateway (as bot_world does in-process).
-RUN_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    from discord_emulator import configure_client
-    from bot.cli import main
-    with configure_client(sys.argv[1], sys.argv[2]):
-        sys.exit(main(sys.argv[3:]))
-    """
-)
 
 
 def _env(**extra: str) -> dict[str, str]:
