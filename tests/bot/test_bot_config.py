@@ -69,6 +69,11 @@ def test_example_file_documents_every_key() -> None:
             'model.devices: with engine.backend = "ray" each entry is one worker actor',
         ),
         ({"model": {"devices": ["cuda:0", "cuda:0"]}}, "model.devices: a GPU is listed twice"),
+        ({"discord": {"shard_ids": [0]}}, "discord.shard_ids: needs discord.shard_count"),
+        ({"discord": {"shard_count": 2, "shard_ids": [2]}}, "discord.shard_ids: each id must be below"),
+        ({"discord": {"shard_count": 2, "shard_ids": [1, 1]}}, "discord.shard_ids: an id is listed twice"),
+        ({"discord": {"shard_count": 2, "shard_ids": [-1]}}, "discord.shard_ids[0]: must be >= 0"),
+        ({"discord": {"shard_count": -1}}, "discord.shard_count: must be >= 0"),
     ],
 )
 def test_bad_keys_are_named_with_the_reason(doc: dict, needle: str) -> None:
@@ -131,6 +136,23 @@ def test_engine_config_mapping() -> None:
     assert ec.backend == "local"
 
 
+def test_a_process_is_named_by_its_shards_and_gets_the_matching_client() -> None:
+    from bot.app import shard_options
+
+    one = parse_config({"discord": {"shard_count": 4, "shard_ids": [2]}})
+    several = parse_config({"discord": {"shard_count": 16, "shard_ids": [8, 0, 1, 2, 3]}})
+    assert (
+        parse_config({}).discord.owner == "main"
+        and shard_options(parse_config({}), sharded_client=False) == {}
+    )
+    assert one.discord.owner == "shards 2 of 4"
+    assert shard_options(one, sharded_client=False) == {"shard_count": 4, "shard_id": 2}
+    assert several.discord.owner == "shards 0-3,8 of 16"
+    assert shard_options(several, sharded_client=True) == {"shard_count": 16, "shard_ids": [8, 0, 1, 2, 3]}
+    scattered = parse_config({"discord": {"shard_count": 1000, "shard_ids": list(range(0, 1000, 2))}})
+    assert len(scattered.discord.owner) <= 64  # the column's width
+
+
 def test_ray_backend_takes_repeated_cuda_entries_as_one_actor_each() -> None:
     cfg = parse_config(
         {
@@ -151,3 +173,24 @@ def test_reload_reports_what_needs_a_restart() -> None:
         {"logging": {"file": "bot.log", "level": "DEBUG"}, "memory": {"tokenizer_path": "t.json"}}
     )
     assert restart_required_changes(old, later) == ["logging.file", "memory.tokenizer_path"]
+
+
+async def test_a_process_with_several_shards_runs_an_auto_sharded_bot() -> None:
+    from discord.ext import commands
+
+    from bot.app import JanusBot, ShardedJanusBot, make_bot
+
+    facts = object()  # not used before the bot starts
+    several = make_bot(
+        parse_config({"discord": {"shard_count": 4, "shard_ids": [1, 3]}}),
+        store=None,
+        engine=None,
+        facts=facts,
+    )
+    assert isinstance(several, ShardedJanusBot) and isinstance(several, commands.AutoShardedBot)
+    assert (several.shard_ids, several.shard_count) == ([1, 3], 4)
+    one = make_bot(
+        parse_config({"discord": {"shard_count": 4, "shard_ids": [3]}}), store=None, engine=None, facts=facts
+    )
+    assert type(one) is JanusBot and (one.shard_id, one.shard_count) == (3, 4)
+    await one.close()  # (an AutoShardedBot that never logged in has nothing to close)
