@@ -45,9 +45,18 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# pg_advisory_xact_lock key taken by every migration run on PostgreSQL ("JANUS" in ASCII).
+MIGRATION_LOCK_KEY = 0x4A414E5553
+
+
 def do_run_migrations(connection: Connection) -> None:
     # The caller runs us inside one transaction it began (see bot.store.database: BEGIN is ours), so
     # DDL is transactional on SQLite too and a failed upgrade leaves the previous schema intact.
+    # Several bot processes may start at once on an empty database. On SQLite the caller's BEGIN
+    # IMMEDIATE already makes the second wait; on PostgreSQL two CREATE TABLEs race in the catalogue, so
+    # take a transaction-scoped advisory lock first: the second waits, then finds the schema at head.
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
     _configure(connection=connection, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()

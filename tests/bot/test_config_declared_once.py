@@ -7,7 +7,7 @@ import dataclasses
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import pytest
 
@@ -50,13 +50,18 @@ def test_every_declared_bound_is_enforced_by_the_reader(section: str) -> None:
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         declared = int if hints[f.name] in (int, int | None) else hints[f.name]
+        listed = get_origin(declared) is tuple  # bounds on each element of a list (shard_ids)
+        if listed:
+            declared = get_args(declared)[0]
         for name, below, word in (("lo", True, ">="), ("hi", False, "<=")):
             bound = f.metadata.get(name)
             if bound is None:
                 continue
+            value = _outside(bound, declared, below)
             with pytest.raises(ConfigError) as info:
-                parse_config({section: {f.name: _outside(bound, declared, below)}})
-            assert f"{section}.{f.name}: must be {word} {bound}" in str(info.value)
+                parse_config({section: {f.name: [value] if listed else value}})
+            key = f"{section}.{f.name}[0]" if listed else f"{section}.{f.name}"
+            assert f"{key}: must be {word} {bound}" in str(info.value)
 
 
 def test_the_engine_table_is_the_engines_own_declaration() -> None:

@@ -4,6 +4,7 @@ no drift, the CLI, SQLite's pragmas."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,24 @@ async def test_models_and_migrations_do_not_drift(db_url: str) -> None:
     finally:
         await engine.dispose()
     assert diff == [], f"models differ from migrations; write a migration for: {diff}"
+
+
+async def test_bot_processes_starting_together_migrate_an_empty_database_once(db_url: str) -> None:
+    # Two shard processes started at once both find an empty database and upgrade it. On PostgreSQL the
+    # second CREATE TABLE collided in the catalogue ("duplicate key ... pg_type_typname_nsp_index"), which
+    # killed that bot at start (seen in CI); an advisory lock now makes the second wait and find head.
+    upgrades = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "db", "--url", db_url, "upgrade",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]  # fmt: skip
+    outcomes = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in upgrades)), 120)
+    for proc, (_, err) in zip(upgrades, outcomes, strict=True):
+        assert proc.returncode == 0, err.decode()[-2000:]
+    assert await current_revision(db_url) == head_revision()
+    assert await table_names(db_url) >= APP_TABLES
 
 
 async def test_store_open_upgrades_from_inside_a_running_loop(db_url: str) -> None:
