@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-from janus_engine.config import RAY_DEVICES, EngineConfig, EngineSettings, setting
+from janus_engine.config import EngineConfig, EngineSettings, not_ray_devices, setting
 from janus_engine.devices import DEVICE_FORMS, parse_device
 from janus_engine.errors import InvalidRequest
 from janus_engine.protocol import DEFAULT_QUESTION, ModelSpec
@@ -382,7 +382,7 @@ def _check_across(cfg: BotConfig) -> BotConfig:
         bad = next(d for d in cfg.model.devices if not _is_device(d))
         raise ConfigError(f"model.devices: {bad!r} is not a device (use {DEVICE_FORMS})") from None
     if cfg.engine.backend == "ray":
-        wrong = [d for d in devices if d not in RAY_DEVICES]
+        wrong = not_ray_devices(devices)
         if wrong:
             raise ConfigError(
                 'model.devices: with engine.backend = "ray" each entry is one worker actor, "cuda" (on a GPU '

@@ -30,6 +30,11 @@ Backend = Literal["local", "ray"]
 RAY_DEVICES = ("cpu", "cuda")
 
 
+def not_ray_devices(devices: tuple[str, ...]) -> list[str]:
+    """The canonical device names that cannot be a Ray worker actor's (anything but cuda and cpu)."""
+    return [d for d in devices if d not in RAY_DEVICES]
+
+
 def setting(default: T, *, lo: float | None = None, hi: float | None = None) -> T:
     """A dataclass field whose default and bounds (inclusive, ``None`` = unbounded) are declared together.
 
@@ -110,7 +115,7 @@ class EngineConfig(EngineSettings):
         object.__setattr__(self, "devices", tuple(parse_device(d) for d in self.devices))
         super().__post_init__()
         if self.backend == "ray":
-            wrong = [d for d in self.devices if d not in RAY_DEVICES]
+            wrong = not_ray_devices(self.devices)
             if wrong:
                 raise InvalidRequest(
                     f'With backend = "ray" each device is "cuda" (an actor on one GPU that Ray picks) or '

@@ -48,6 +48,16 @@ class WorkerTransport(Protocol):
         ...
 
 
+def post_to_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> bool:
+    """Hand a reader thread's news to the event loop; False once the loop is closed (nobody left to tell,
+    so the reader stops posting)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+        return True
+    except RuntimeError:
+        return False
+
+
 def describe_exit(exitcode: int | None) -> str:
     """A readable account of how a worker process ended."""
     if exitcode is None:
@@ -133,17 +143,10 @@ class WorkerProcess:
                 self.kill()
                 break
             if listening:
-                listening = self._post(self._on_message, self, message)
+                listening = post_to_loop(self._loop, self._on_message, self, message)
         self.process.join()  # EOF: the process has closed its end and is exiting (or was killed)
         self.exitcode = self.process.exitcode
         with contextlib.suppress(OSError):
             self._conn.close()
         self._exited.set()
-        self._post(self._on_exit, self, self.exitcode)
-
-    def _post(self, callback: Callable[..., None], *args: Any) -> bool:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-            return True
-        except RuntimeError:  # the loop is closed: nobody left to tell
-            return False
+        post_to_loop(self._loop, self._on_exit, self, self.exitcode)

@@ -35,6 +35,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from janus_engine.ipc import WorkerOptions
+from janus_engine.pool import post_to_loop
 from janus_engine.protocol import ModelSpec
 from janus_engine.worker import WorkerChannel
 from janus_engine.worker_process import run_worker
@@ -106,17 +107,8 @@ class QueueLink:
             raise EOFError
         return message
 
-    def poll(self, timeout: float | None = 0.0) -> bool:
-        if not self.inbox.empty():
-            return True
-        if timeout == 0.0:
-            return False
-        try:
-            message = self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return False
-        self.inbox.put(message)  # only looking: put it back (it is the only item, so order holds)
-        return True
+    def poll(self) -> bool:
+        return not self.inbox.empty()
 
     def close(self) -> None:
         self._closed = True
@@ -222,7 +214,7 @@ class RayWorker:
             self._pump()
         finally:
             self._exited.set()
-            self._post(self._on_exit, self, self.exitcode)
+            post_to_loop(self._loop, self._on_exit, self, self.exitcode)
 
     def _pump(self) -> None:
         listening = True
@@ -247,11 +239,4 @@ class RayWorker:
                     self.kill()  # its thread is done: free the GPU now rather than at the driver's exit
                     return
                 if listening:
-                    listening = self._post(self._on_message, self, message)
-
-    def _post(self, callback: Callable[..., None], *args: Any) -> bool:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-            return True
-        except RuntimeError:  # the loop is closed: nobody left to tell
-            return False
+                    listening = post_to_loop(self._loop, self._on_message, self, message)
