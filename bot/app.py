@@ -30,7 +30,7 @@ from bot.logs import set_log_levels
 from bot.store import JobRecord, Store
 from bot.store.retention import run_retention
 from bot.tokens import ModelFacts, load_model_facts
-from janus_engine.engine import JanusEngine
+from janus_engine.client import EngineClient
 from janus_engine.errors import JanusError
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class JanusBot(commands.Bot):
         config: BotConfig,
         *,
         store: Store,
-        engine: JanusEngine,
+        engine: EngineClient,
         facts: ModelFacts | None = None,
         install_signal_handlers: bool = False,
         **kwargs: Any,

@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config.toml", help="the admin config file (default: %(default)s)")
     p.set_defaults(handler="bot.launcher:check_command")
 
+    p = sub.add_parser("engine", help="run the engine as its own service that bot processes share (Ray)")
+    esub = p.add_subparsers(dest="engine_command", required=True, metavar="ACTION")
+    serve = esub.add_parser(
+        "serve",
+        help="start the engine service named [engine] service on the Ray cluster at [engine] ray_address "
+        "and keep it until Ctrl-C / SIGTERM",
+    )
+    serve.add_argument("--config", default="config.toml", help="the admin config file (default: %(default)s)")
+    serve.set_defaults(handler="bot.launcher:engine_serve_command")
+
     p = sub.add_parser("demo", help="offline demo: Discord emulator + bot + tiny model, prints a transcript")
     p.add_argument("-o", "--output", default="demo-output", help="folder for images and the transcript")
     p.set_defaults(handler="bot.demo:demo_command")

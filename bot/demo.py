@@ -106,6 +106,7 @@ async def _run_demo(output: Path) -> Path:
     from bot.store import Store
     from bot.tokens import load_model_facts
     from discord_emulator import DiscordEmulator, Upload
+    from janus_engine.client import LocalEngine
     from janus_engine.engine import JanusEngine
 
     out = Transcript()
@@ -148,7 +149,7 @@ async def _run_demo(output: Path) -> Path:
                 facts = load_model_facts(config)
                 async with (
                     await Store.open(config.database.url, count_tokens=facts.count_tokens) as store,
-                    JanusEngine(engine_config) as engine,
+                    LocalEngine(JanusEngine(engine_config)) as engine,
                 ):
                     bot = JanusBot(config, store=store, engine=engine, facts=facts, guild_ready_timeout=0.05)
                     task = asyncio.create_task(bot.start(emu.bot_token))

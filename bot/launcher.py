@@ -22,6 +22,7 @@ from bot.config import BotConfig, ConfigError, load_config
 from bot.logs import LOG_FORMAT, set_log_levels
 
 if TYPE_CHECKING:
+    from janus_engine.client import EngineClient
     from janus_engine.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,42 @@ async def serve(
     from bot.app import make_bot
     from bot.store import Store
     from bot.tokens import load_model_facts
-    from janus_engine.engine import JanusEngine
 
     facts = load_model_facts(config)
     owner = config.discord.owner  # the name this process's jobs carry (its shard set)
     async with await Store.open(config.database.url, count_tokens=facts.count_tokens, owner=owner) as store:
-        log.info("starting engine workers on %s", ", ".join(config.model.devices))
-        async with JanusEngine(engine_config or config.engine_config()) as engine:
+        engine = engine_client(config, engine_config)
+        log.info("starting the engine: %s", engine.description)
+        await engine.start()
+        try:
             bot = make_bot(config, store=store, engine=engine, facts=facts, **bot_kwargs)
             async with bot:
                 await bot.start(token)
+        finally:
+            await engine.stop()
+
+
+def engine_client(config: BotConfig, engine_config: EngineConfig | None = None) -> EngineClient:
+    """The engine this bot process uses: its own (workers started by ``start``) or, with ``[engine]
+    service`` set, the shared engine service on Ray (``janus-bot engine serve``)."""
+    if config.engine.service:
+        try:
+            from janus_engine.service import ServiceEngine
+        except ImportError as exc:
+            raise ConfigError(
+                f"engine.service needs Ray, which is not installed ({exc}): "
+                "pip install 'janus-discord-bot[ray]'"
+            ) from None
+        return ServiceEngine(
+            config.engine.service,
+            config.engine.ray_address,
+            owner=config.discord.owner,
+            ready_timeout_s=config.engine.worker_start_timeout_s,
+        )
+    from janus_engine.client import LocalEngine
+    from janus_engine.engine import JanusEngine
+
+    return LocalEngine(JanusEngine(engine_config or config.engine_config()))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -94,14 +121,31 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_serve_command(args: argparse.Namespace) -> int:
+    """``janus-bot engine serve``: run the engine as its own process, a named service on the Ray cluster
+    that bot processes with the same ``[engine] service`` connect to (:mod:`janus_engine.service`). It
+    loads the model (on Ray worker actors) before it reports ready, and drains on Ctrl-C or SIGTERM."""
+    config = load_config(args.config)
+    setup_logging(config, verbose=getattr(args, "verbose", False))
+    try:
+        from janus_engine.service import DEFAULT_NAME, run_service
+    except ImportError as exc:
+        raise ConfigError(
+            f"janus-bot engine serve needs Ray, which is not installed ({exc}): "
+            "pip install 'janus-discord-bot[ray]'"
+        ) from None
+    asyncio.run(run_service(config.engine_config(), config.engine.service or DEFAULT_NAME))
+    return 0
+
+
 def _require_devices(config: BotConfig) -> None:
     """Refuse to start when a configured device is missing from this torch build, before anything is
     opened: the database is not created and the model not loaded for a bot that cannot run. The probe
     runs in a child process (:func:`bot.preflight.probe_devices`): this process never imports torch."""
     from bot.preflight import probe_devices
 
-    if config.engine.backend == "ray":
-        return  # the GPUs are the cluster's: the engine checks Ray's resources when it connects
+    if config.engine.backend == "ray" or config.engine.service:
+        return  # the GPUs are the cluster's (or the engine service's): checked where the workers start
     missing = [info for info in probe_devices(config.model.devices) if not info.exists]
     if missing:
         reasons = "; ".join(info.problem or f"{info.device} is not available" for info in missing)

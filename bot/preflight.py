@@ -260,6 +260,23 @@ def check_ray(config: BotConfig) -> Item:
     return ok("ray", f"{actors} worker actor(s), {gpus} on GPUs, placed by Ray at {where}")
 
 
+def check_service(config: BotConfig) -> Item:
+    """With ``[engine] service`` set the engine is the shared service: it must run on the Ray cluster now
+    (``janus-bot engine serve``); the line says its workers, its queue and the bots already connected."""
+    name = f"engine service {config.engine.service!r}"
+    if importlib.util.find_spec("ray") is None:
+        return problem(
+            name, "engine.service is set but Ray is not installed: pip install 'janus-discord-bot[ray]'"
+        )
+    from janus_engine.errors import JanusError
+    from janus_engine.service import probe_service
+
+    try:
+        return ok(name, probe_service(config.engine.service, config.engine.ray_address))
+    except JanusError as exc:
+        return problem(name, exc.user_message)
+
+
 def check_token_counts(config: BotConfig) -> Item:
     """How conversation memory will count tokens (the model's tokenizer.json, or an estimate)."""
     from bot.tokens import load_model_facts
@@ -297,6 +314,9 @@ def run_checks(config: BotConfig, environ: dict[str, str] | None = None) -> list
     """Every item of ``janus-bot check`` for a loaded config, in the order they are printed."""
     items = [ok("config", f"{config.source or 'the config'} is valid"), check_token(config, environ)]
     items.append(check_database(config.database.url))
+    if config.engine.service:  # the service holds the model and the devices; this bot only counts tokens
+        items += [check_token_counts(config), check_service(config), check_log_file(config)]
+        return items
     model = check_model(config)
     items += [model.item, check_token_counts(config)]
     size = model_size(config, model.directory)

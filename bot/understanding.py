@@ -110,7 +110,7 @@ async def submit(bot: JanusBot, q: Question) -> Submitted:
         conversation_id=str(conv.id),
     )
     try:
-        handle = bot.engine.submit(request, user_id=str(q.who.user_id))
+        handle = await bot.engine.submit(request, user_id=str(q.who.user_id))
     except JanusError as exc:
         if q.kind is not None:
             await bot.store.finish_job(job_id, JobStatus.FAILED, error=exc.user_message)

@@ -8,6 +8,7 @@ bot's ``[engine]`` table) finds them: the bot parses its table straight into :cl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar, get_args
 
@@ -28,6 +29,7 @@ Backend = Literal["local", "ray"]
 # With the Ray backend Ray picks the GPU (an actor with num_gpus=1 sees only its own card), so a device
 # entry says only what kind of actor to start.
 RAY_DEVICES = ("cpu", "cuda")
+SERVICE_NAME = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?")
 
 
 def not_ray_devices(devices: tuple[str, ...]) -> list[str]:
@@ -80,6 +82,10 @@ class EngineSettings:
     # The Ray cluster to join (backend = "ray"): "" starts a Ray instance on this machine, "auto" joins the
     # cluster this machine is a node of (`ray start` ran here), "ray://head:10001" connects a client.
     ray_address: str = ""
+    # "" = this bot process runs its own engine. A name = connect to the engine service of that name that
+    # `janus-bot engine serve` runs on the Ray cluster at ray_address (janus_engine.service); the queue,
+    # the per-user caps and the workers are then the service's, shared by every bot process.
+    service: str = ""
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -90,6 +96,11 @@ class EngineSettings:
                 raise InvalidRequest(f"Engine setting {name} must be one of {choices} (got {value!r}).")
         if not isinstance(self.ray_address, str) or len(self.ray_address) > 500 or "\n" in self.ray_address:
             raise InvalidRequest("Engine setting ray_address must be one line of text (a Ray address).")
+        if not isinstance(self.service, str) or not SERVICE_NAME.fullmatch(self.service):
+            raise InvalidRequest(
+                "Engine setting service must be empty or a name of up to 64 letters, digits, '.', '_' "
+                f"and '-' (got {self.service!r})."
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from janus_engine.errors import ModelNotAvailable
 from janus_engine.ipc import WorkerOptions
 from janus_engine.pool import post_to_loop
 from janus_engine.protocol import ModelSpec
@@ -68,7 +69,7 @@ def connect(address: str, devices: tuple[str, ...]) -> None:
         if need[k] > total.get(k, 0.0)
     ]
     if short:
-        raise RuntimeError(f"the Ray cluster is too small for model.devices ({'; '.join(short)})")
+        raise ModelNotAvailable(f"The Ray cluster is too small for model.devices ({'; '.join(short)}).")
 
 
 def actor_resources(device: str) -> dict[str, float]:
@@ -220,7 +221,9 @@ class RayWorker:
         listening = True
         while True:
             try:
-                messages = ray.get(self._actor.take.remote(POLL_S))
+                # A future rather than ray.get: inside the engine service's async actor Ray warns about
+                # every ray.get (it cannot tell this reader thread from the event loop).
+                messages = self._actor.take.remote(POLL_S).future().result()
             except ActorUnavailableError:  # a transient network fault: Ray retries the connection
                 continue
             except RayActorError as exc:

@@ -72,7 +72,7 @@ class WorkerSlot:
 ProcessFactory = Callable[..., WorkerTransport]  # WorkerProcess's signature; tests pass a fake
 
 
-def _connect_ray(address: str, devices: tuple[str, ...]) -> None:
+def connect_ray(address: str, devices: tuple[str, ...]) -> None:
     """Import Ray (an optional extra, imported only for ``backend = "ray"``) and join the cluster."""
     try:
         from janus_engine.ray_transport import connect
@@ -83,6 +83,8 @@ def _connect_ray(address: str, devices: tuple[str, ...]) -> None:
         ) from None
     try:
         connect(address, devices)
+    except errors.JanusError:
+        raise  # connected, and the cluster said no: the message is already the whole story
     except Exception as exc:  # a wrong address, a cluster that is down: one line, not Ray's traceback
         where = address or "a new local instance"
         raise ModelNotAvailable(f"Could not connect to Ray ({where}): {type(exc).__name__}: {exc}") from None
@@ -120,7 +122,7 @@ class WorkerSupervisor:
         (or the worker's own error class) if one fails or is too slow, with no process left running."""
         self._loop = asyncio.get_running_loop()
         if self.config.backend == "ray" and self._process_factory is None:
-            await asyncio.to_thread(_connect_ray, self.config.ray_address, self.config.devices)
+            await asyncio.to_thread(connect_ray, self.config.ray_address, self.config.devices)
         self._started = True
         for slot in self.slots:
             self._spawn(slot, awaited=True)

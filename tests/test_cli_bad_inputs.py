@@ -87,6 +87,8 @@ def _files(folder: Path) -> dict[str, str]:
         f'[discord]\ntoken_env = "{FAKE_TOKEN}"\n[logging]\nfile = "no-such-folder/deeper/bot.log"\n',
     )
     _config(folder, "bad-device.toml", '[engine]\ndevices = ["tpu"]\n')
+    _config(folder, "serve-local.toml", '[engine]\nservice = "janus-engine"\n')  # backend "local"
+    _config(folder, "serve-bad-name.toml", '[engine]\nbackend = "ray"\nservice = "two words"\n')
     _config(
         folder, "bad-db-url.toml", f'[discord]\ntoken_env = "{FAKE_TOKEN}"\n[database]\nurl = "not a url"\n'
     )
@@ -109,6 +111,11 @@ CASES = {
     "check-missing-config": Case(("check", "--config", "absent.toml")),
     "check-malformed-toml": Case(("check", "--config", "malformed.toml")),
     "check-bad-device-in-config": Case(("check", "--config", "bad-device.toml")),
+    # ---- engine serve ----
+    "engine-no-action": Case(("engine",)),
+    "engine-serve-missing-config": Case(("engine", "serve", "--config", "absent.toml")),
+    "engine-serve-local-backend": Case(("engine", "serve", "--config", "serve-local.toml")),
+    "engine-serve-bad-service-name": Case(("engine", "serve", "--config", "serve-bad-name.toml")),
     # ---- demo ----
     "demo-output-is-a-file": Case(("demo", "-o", "afile.txt")),
     "demo-output-under-a-file": Case(("demo", "-o", "afile.txt/sub")),

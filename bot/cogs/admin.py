@@ -42,7 +42,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Bot own
 
     @app_commands.command(name="stats", description="Engine workers, queue and throughput")
     async def stats(self, interaction: discord.Interaction) -> None:
-        s = self.bot.engine.status()
+        s = await self.bot.engine.status()
         lines = [
             f"Uptime {format_eta(s.uptime_s).lstrip('~')} · queue {s.queue_depth} · running {s.running}",
             f"Jobs done {s.jobs_done} · failed {s.jobs_failed} · cancelled {s.jobs_cancelled}"

@@ -175,7 +175,7 @@ class ChatCog(commands.Cog):
             )
             scope = "in this channel"
         # The workers cache the image features of recent conversations: those of these go too.
-        self.bot.engine.forget_conversations([str(c) for c in result.touched])
+        await self.bot.engine.forget_conversations([str(c) for c in result.touched])
         text = (
             f"Forgotten {scope}: {plural(result.turns, 'message')}"
             f" in {plural(result.conversations, 'conversation')}, {plural(result.images, 'image')}"

@@ -165,7 +165,7 @@ class ImagineCog(commands.Cog):
             preview_every=bot.config.engine.preview_every,
         )
         try:
-            handle = bot.engine.submit(request, user_id=str(who.user_id))
+            handle = await bot.engine.submit(request, user_id=str(who.user_id))
         except JanusError as exc:  # queue full, user limit, invalid: the record says why, nothing dangles
             await bot.store.finish_job(job.id, JobStatus.FAILED, error=exc.user_message)
             raise

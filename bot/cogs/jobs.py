@@ -41,8 +41,8 @@ class JobsCog(commands.Cog):
     @app_commands.command(name="queue", description="Your queued and running jobs, with positions and ETAs")
     async def queue(self, interaction: discord.Interaction) -> None:
         bot = self.bot
-        live = bot.engine.jobs_of(str(interaction.user.id))
-        status = bot.engine.status()
+        live = await bot.engine.jobs_of(str(interaction.user.id))
+        status = await bot.engine.status()
         lines = [f"Queue: {status.queue_depth} waiting, {status.running} running."]
         if not live:
             lines.append("You have no queued or running jobs.")
@@ -57,7 +57,7 @@ class JobsCog(commands.Cog):
     @app_commands.describe(job="The job id (from /queue); leave empty to cancel all your jobs")
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
         bot = self.bot
-        mine = [info.job_id for info in bot.engine.jobs_of(str(interaction.user.id))]
+        mine = [info.job_id for info in await bot.engine.jobs_of(str(interaction.user.id))]
         if job is not None:
             if job not in mine:
                 raise Refusal("You have no queued or running job with that id (see /queue).")
@@ -76,7 +76,7 @@ class JobsCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         out = []
-        for info in self.bot.engine.jobs_of(str(interaction.user.id)):
+        for info in await self.bot.engine.jobs_of(str(interaction.user.id)):
             if current in info.job_id:
                 out.append(
                     app_commands.Choice(

@@ -24,6 +24,7 @@ from bot.config import BotConfig
 from bot.store import Store
 from bot.tokens import load_model_facts
 from discord_emulator import Channel, DiscordEmulator, Guild, User
+from janus_engine.client import LocalEngine
 from janus_engine.engine import JanusEngine
 
 STEP_DELAY_S = 0.12  # tiny-model jobs last ~2 s, so progress, queueing and cancelling are observable
@@ -105,7 +106,7 @@ class BotWorld:
     bot: JanusBot | None = None
     task: asyncio.Task[None] | None = None
     store: Store | None = None
-    engine: JanusEngine | None = None
+    engine: LocalEngine | None = None
     submitted: list[Any] = field(default_factory=list)  # requests the engine accepted, in order
 
     def user(self, name: str) -> User:
@@ -129,7 +130,9 @@ class BotWorld:
         # What `janus-bot run`'s launcher does: open the store, start the engine, pass both in.
         facts = load_model_facts(self.config)
         self.store = await Store.open(self.config.database.url, count_tokens=facts.count_tokens)
-        self.engine = JanusEngine(dataclasses.replace(self.config.engine_config(), step_delay_s=STEP_DELAY_S))
+        self.engine = LocalEngine(
+            JanusEngine(dataclasses.replace(self.config.engine_config(), step_delay_s=STEP_DELAY_S))
+        )
         await self.engine.start()
         bot = JanusBot(
             self.config,
@@ -150,9 +153,9 @@ class BotWorld:
         self.bot, self.task = bot, task
         real_submit = bot.engine.submit
 
-        def recording_submit(request: Any, *, user_id: str) -> Any:
+        async def recording_submit(request: Any, *, user_id: str) -> Any:
             """A spy, not a mock: the real engine runs every request; tests read what the model was sent."""
-            handle = real_submit(request, user_id=user_id)
+            handle = await real_submit(request, user_id=user_id)
             self.submitted.append(request)
             return handle
 

@@ -62,7 +62,7 @@ async def test_worker_killed_mid_job_fails_that_job_clearly_and_the_next_one_wor
     user = world.user("crash-carl")
     itx = await world.run(user, world.general, "imagine", prompt="a fragile vase", count=2)
     job_id = await _running(world, itx)
-    (worker,) = bot.engine.status().workers
+    (worker,) = (await bot.engine.status()).workers
     os.kill(worker.pid, signal.SIGKILL)
     final = await world.final(itx, lambda m: "Sorry, this failed" in m.content, timeout=30)
     assert final.attachments == [] and _cancel_id(final) is None
@@ -75,7 +75,7 @@ async def test_worker_killed_mid_job_fails_that_job_clearly_and_the_next_one_wor
 
 
 async def _idle(bot) -> bool:
-    return all(w.state == "idle" for w in bot.engine.status().workers)
+    return all(w.state == "idle" for w in (await bot.engine.status()).workers)
 
 
 async def test_buttons_work_after_a_full_restart_and_interrupted_jobs_are_closed(world: BotWorld) -> None:

@@ -264,7 +264,7 @@ async def test_full_queue_is_refused_with_a_clear_message(world: BotWorld) -> No
         for i in range(2):
             accepted.append(await world.run(user, world.general, "imagine", prompt=f"a crowd {i}", count=4))
     assert all(itx.deferred for itx in accepted)
-    assert engine.status().queue_depth == 8
+    assert (await engine.status()).queue_depth == 8
     late = world.user("busy-late")
     refused = await world.run(late, world.general, "imagine", prompt="one more", count=4)
     await _refused(world, refused, "queue is full")
@@ -276,7 +276,7 @@ async def test_full_queue_is_refused_with_a_clear_message(world: BotWorld) -> No
 
 
 async def _state_is(engine, user_id: int, state: str) -> bool:
-    return any(info.state == state for info in engine.jobs_of(str(user_id)))
+    return any(info.state == state for info in await engine.jobs_of(str(user_id)))
 
 
 async def test_sighup_reloads_the_config_file(world: BotWorld) -> None:

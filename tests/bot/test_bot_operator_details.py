@@ -199,7 +199,7 @@ async def test_control_characters_from_the_model_are_neither_posted_nor_stored(w
     request = next(
         r for r in reversed(world.submitted) if isinstance(r, UnderstandRequest) and r.turns[-1].text == "hi"
     )
-    probe = bot.engine.submit(dataclasses.replace(request, request_id="raw-probe"), user_id="probe")
+    probe = await bot.engine.submit(dataclasses.replace(request, request_id="raw-probe"), user_id="probe")
     raw = (await asyncio.wait_for(probe.result(), 60)).text  # the same request, straight from the engine
     assert _CONTROL.search(raw), f"the model no longer emits control characters for this prompt: {raw!r}"
     assert answer.content == strip_control(raw).strip()

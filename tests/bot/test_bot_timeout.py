@@ -31,4 +31,4 @@ async def test_timed_out_job_gets_a_clear_message(world: BotWorld) -> None:
 
 
 async def _idle(world: BotWorld) -> bool:
-    return all(w.state == "idle" for w in world.bot.engine.status().workers)
+    return all(w.state == "idle" for w in (await world.bot.engine.status()).workers)

@@ -28,9 +28,8 @@ from tests.engine.engine_helpers import (
     tiny_engine_config,
 )
 
-# Ray turns a loopback node address into the machine's LAN address unless it runs as a single-machine
-# cluster, which this variable (read when ray is first imported, and inherited by every Ray process) says.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Loopback only: tests/conftest.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before ray is imported.
+assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
 ray = pytest.importorskip("ray")
 
 pytestmark = [pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
@@ -191,7 +190,7 @@ async def test_a_cluster_without_the_gpus_asked_for_is_refused_at_start(ray_clus
     # This cluster has no GPU: without the check the actor would wait for one until the start timeout.
     engine = JanusEngine(tiny_engine_config(tiny_model_dir, backend="ray", devices=("cuda", "cpu")))
     with pytest.raises(
-        ModelNotAvailable, match=r"too small for model.devices \(1 GPUs asked, 0 in the cluster"
+        ModelNotAvailable, match=r"^The Ray cluster is too small for model.devices \(1 GPUs asked, 0 in the"
     ):
         await engine.start()
     assert all(w.state == "stopped" for w in engine.status().workers)

@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 
 def test_an_engine_joins_a_cluster_started_with_ray_start(tiny_model_dir: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # loopback only (see test_engine_ray)
+    env = dict(os.environ)  # with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (tests/conftest.py): loopback only
     port = _free_port()
     head = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
     head += ["--include-dashboard=false", "--disable-usage-stats"]
