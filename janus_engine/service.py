@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 import uuid
@@ -339,8 +340,15 @@ def _join_as_client(address: str) -> None:
         ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False)
     except Exception as exc:  # no cluster at that address: one line, not Ray's traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ""
+        if address.startswith("ray://") and os.environ.get("RAY_AUTH_MODE") != "token":
+            hint = (
+                " (a Ray client sends the cluster's token only with RAY_AUTH_MODE=token in its environment"
+                " and the token in ~/.ray/auth_token)"
+            )
         raise ModelNotAvailable(
-            f"Could not reach the Ray cluster at {address or 'auto'} to find the engine service: {first}"
+            f"Could not reach the Ray cluster at {address or 'auto'} to find the engine service: "
+            f"{first}{hint}"
         ) from None
 
 
@@ -412,9 +420,14 @@ class ServiceEngine:
             with contextlib.suppress(RayError, TimeoutError):
                 await asyncio.wait_for(actor.detach.remote(session), min(timeout, 10.0))
         if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+            # Let the poll in flight return (within POLL_S) rather than cancel it: a Ray client
+            # (ray://) prints a traceback from its own thread for a cancelled call.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._pump), POLL_S + 5.0)
+            except TimeoutError:
+                self._pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._pump
         for job_id, handle in list(self._handles.items()):
             handle.emit(Cancelled(job_id))
         self._handles.clear()
@@ -535,6 +548,8 @@ class ServiceEngine:
                 self._lost(f"contact lost ({type(exc).__name__})")
                 continue
             if taken is None:
+                if self._closing:
+                    break  # our own detach
                 self._lost("the engine service no longer knows this bot's session")
                 continue
             for job_id, event in taken:

@@ -75,7 +75,9 @@ async def test_bots_use_the_engine_service_and_a_killed_bot_reconnects(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     env = dict(os.environ)  # with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (tests/conftest.py): loopback only
+    client_port = _free_port()  # an ephemeral port: outside Ray's worker port range (10002-19999)
     head = [RAY, "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
+    head += [f"--ray-client-server-port={client_port}"]
     head += ["--include-dashboard=false", "--disable-usage-stats"]
     started = subprocess.run(head, env=env, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
@@ -112,11 +114,15 @@ async def test_bots_use_the_engine_service_and_a_killed_bot_reconnects(
                 assert "device cpu" not in before  # nothing is probed or loaded in the bot's process
                 worker_pid = re.search(r"\(pid (\d+)\)", line).group(1)
 
-                run = [sys.executable, "-c", RUN_SCRIPT, emu.api_base, emu.gateway_url, "run"]
-                run += ["--config", str(config)]
-                for attempt in (1, 2):
+                # The second process is on "a host that is not a Ray node": it joins as a Ray client.
+                client_config = tmp_path / "client.toml"
+                doc["engine"]["ray_address"] = f"ray://127.0.0.1:{client_port}"
+                write_toml(client_config, doc)
+                client_env = {**env, "RAY_AUTH_MODE": "token"}  # docs/scaling.md: what a ray:// client needs
+                run = [sys.executable, "-c", RUN_SCRIPT, emu.api_base, emu.gateway_url, "run", "--config"]
+                for attempt, cfg, bot_env in ((1, config, env), (2, client_config, client_env)):
                     bot_log = tmp_path / f"bot{attempt}.log"
-                    bot = await _spawn(run, env, bot_log)
+                    bot = await _spawn([*run, str(cfg)], bot_env, bot_log)
                     await _wait_for_text(bot_log, "connected to engine service", bot, timeout=120)
                     await _wait_for_text(bot_log, "commands to guild", bot, timeout=120)  # ready to serve
                     itx = await emu.slash(ivy, channel, "imagine", prompt=f"a red cube {attempt}")
