@@ -67,9 +67,13 @@ DEFAULT_NAME = "janus-engine"
 POLL_S = 1.0  # how long one ``take`` waits for an event before the bot asks again
 SESSION_TIMEOUT_S = 60.0  # a session silent this long belongs to a bot process that is gone
 RECONNECT_S = 2.0  # how often a bot that lost the service looks for it again
+# A bot's calls are made while a Discord interaction waits (3 s for the first answer): one that takes
+# longer than this is given up, and the user hears so, rather than the interaction failing unanswered.
+CALL_TIMEOUT_S = 2.0
 Refusal = tuple[str, str]  # (JanusError class name, the message a user reads)
 
 NOT_REACHABLE = "The image engine is not reachable right now; please try again in a minute."
+BUSY = "The image engine did not answer in time; please try again."
 SERVICE_LOST = "The engine service stopped while this job was waiting or running. Please try again."
 
 
@@ -322,6 +326,15 @@ async def run_service(config: EngineConfig, name: str, *, stop: asyncio.Event | 
 # ---- the bot's side -------------------------------------------------------------------------------------
 
 
+async def _awaited(ref: Any) -> Any:
+    return await ref
+
+
+def _consume(call: asyncio.Future[Any]) -> None:
+    if not call.cancelled():
+        call.exception()  # retrieved, so asyncio does not log "exception was never retrieved"
+
+
 def _find_service(name: str, address: str) -> Any:
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
@@ -387,6 +400,7 @@ class ServiceEngine:
         self.address = address
         self.owner = owner
         self.ready_timeout_s = ready_timeout_s
+        self.call_timeout_s = CALL_TIMEOUT_S
         self.description = f"engine service {name!r} on Ray at {address or 'auto'}"
         self._actor: Any = None
         self._session: str | None = None
@@ -455,8 +469,11 @@ class ServiceEngine:
         self._handles[job_id] = handle
         try:
             refused = await self._call(actor.submit.remote(session, request, str(user_id)))
-        except BaseException:
+        except BaseException as exc:
             self._handles.pop(job_id, None)
+            if isinstance(exc, TimeoutError):  # it may still be queued there: nobody would follow it
+                actor.cancel.remote(job_id)
+                raise ModelNotAvailable(BUSY) from None
             raise
         if refused is not None:
             self._handles.pop(job_id, None)
@@ -467,27 +484,28 @@ class ServiceEngine:
     async def cancel(self, job_id: str) -> bool:
         if self._actor is None:
             return False
-        return bool(await self._call(self._actor.cancel.remote(job_id)))
+        return bool(await self._ask(self._actor.cancel.remote(job_id)))
 
     async def jobs_of(self, user_id: str) -> list[JobInfo]:
         if self._actor is None:
             return []
-        return list(await self._call(self._actor.jobs_of.remote(str(user_id))))
+        return list(await self._ask(self._actor.jobs_of.remote(str(user_id))))
 
     async def jobs(self) -> list[JobInfo]:
         if self._actor is None:
             return []
-        return list(await self._call(self._actor.jobs.remote()))
+        return list(await self._ask(self._actor.jobs.remote()))
 
     async def status(self) -> EngineStatus:
-        status = None if self._actor is None else await self._call(self._actor.status.remote())
+        status = None if self._actor is None else await self._ask(self._actor.status.remote())
         if status is None:
             raise ModelNotAvailable(NOT_REACHABLE)
         return status
 
     async def forget_conversations(self, conversation_ids: Sequence[str]) -> None:
         if self._actor is not None:
-            await self._call(self._actor.forget_conversations.remote(tuple(str(c) for c in conversation_ids)))
+            ids = tuple(str(c) for c in conversation_ids)
+            await self._ask(self._actor.forget_conversations.remote(ids), timeout=10.0)
 
     # ---- internals ---------------------------------------------------------------------------------------
 
@@ -505,10 +523,19 @@ class ServiceEngine:
         self._actor, self._session = actor, session
         log.info("connected to %s as %r", self.description, self.owner)
 
-    async def _call(self, ref: Any) -> Any:
-        """Await one actor call; a lost service becomes ModelNotAvailable (never Ray's traceback)."""
+    async def _call(self, ref: Any, timeout: float | None = None) -> Any:
+        """Await one actor call; a lost service becomes ModelNotAvailable (never Ray's traceback), and
+        one slower than ``timeout`` TimeoutError (see :meth:`_ask`)."""
+        call = asyncio.ensure_future(_awaited(ref))
+        call.add_done_callback(_consume)  # a call given up on still ends; its outcome is not wanted
         try:
-            return await ref
+            # shield: cancelling a Ray call in flight makes a Ray client (ray://) print a traceback
+            return await asyncio.wait_for(asyncio.shield(call), timeout or self.call_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "the engine service took more than %g s to answer a call", timeout or self.call_timeout_s
+            )
+            raise
         except RayActorError:
             self._lost("the engine service stopped")
             raise ModelNotAvailable(NOT_REACHABLE) from None
@@ -516,6 +543,13 @@ class ServiceEngine:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("engine service call failed: %s", first)
             raise ModelNotAvailable("The image engine could not answer; please try again.") from None
+
+    async def _ask(self, ref: Any, timeout: float | None = None) -> Any:
+        """:meth:`_call` for the calls that change nothing worth undoing: a slow one is "busy"."""
+        try:
+            return await self._call(ref, timeout)
+        except TimeoutError:
+            raise ModelNotAvailable(BUSY) from None
 
     def _lost(self, why: str) -> None:
         """The service is gone (or forgot this session): every open job fails with a clear reason."""

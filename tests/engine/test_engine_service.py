@@ -128,6 +128,25 @@ async def test_a_refusal_is_the_engine_error_with_its_sentence(shard0):
     await handle.result()
 
 
+async def test_a_submit_the_service_is_slow_to_take_is_refused_and_withdrawn(shard0, shard1):
+    # Discord gives an interaction 3 s: a submit that takes longer is given up, the user told, and the
+    # job withdrawn from the service (it may have been queued there, and nobody would follow it).
+    shard0.call_timeout_s = 1e-6  # every call is "slow" now
+    try:
+        with pytest.raises(ModelNotAvailable, match="did not answer in time"):
+            await shard0.submit(gen_request("slow-submit", n=2), user_id="sam")
+    finally:
+        shard0.call_timeout_s = 2.0
+
+    async def withdrawn() -> bool:
+        return not await shard1.jobs_of("sam")
+
+    await _until(withdrawn)
+    assert "slow-submit" not in shard0._handles
+    again = await shard0.submit(chat_request("fast-submit"), user_id="sam")
+    assert isinstance(await asyncio.wait_for(again.result(), 60), UnderstandResult)
+
+
 async def test_a_restarted_bot_process_frees_what_its_old_process_left(service, shard1):
     old = ServiceEngine(NAME, "", owner="main", ready_timeout_s=60)
     await old.start()
