@@ -27,6 +27,8 @@ from bot.access import Access
 from bot.config import BotConfig, ConfigError, load_config, restart_required_changes
 from bot.limits import UsageLimiter
 from bot.logs import set_log_levels
+from bot.metrics import BotMetrics
+from bot.status_http import StatusServer
 from bot.store import JobRecord, Store
 from bot.store.retention import run_retention
 from bot.tokens import ModelFacts, load_model_facts
@@ -101,6 +103,8 @@ class JanusBot(commands.Bot):
         self.limiter = UsageLimiter(config.limits, store)
         self.access = Access(lambda: self.config, store)
         self.interrupted_jobs: Sequence[JobRecord] = ()  # left unfinished by a previous process
+        self.metrics = BotMetrics()
+        self.status_server: StatusServer | None = None  # /healthz and /metrics, when [http] port is set
         self._install_signal_handlers = install_signal_handlers
         self._tasks: set[asyncio.Task[Any]] = set()
         self.tree.error(self._on_tree_error)
@@ -121,6 +125,10 @@ class JanusBot(commands.Bot):
         if not shards or 0 in shards:  # one process syncs the commands; the others would repeat it
             await self.sync_commands()
         self.run_in_background(run_retention(self.store, lambda: self.config.memory.retention_days))
+        if self.config.http.port:
+            server = StatusServer(self, self.config.http.host, self.config.http.port)
+            await server.start()
+            self.status_server = server
         if self._install_signal_handlers:
             try:
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -144,6 +152,9 @@ class JanusBot(commands.Bot):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.status_server is not None:
+            await self.status_server.stop()
+            self.status_server = None
         await super().close()
 
     def run_in_background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -181,10 +192,13 @@ class JanusBot(commands.Bot):
         if isinstance(exc, app_commands.CommandInvokeError):
             exc = exc.original
         if isinstance(exc, JanusError):
+            self.metrics.refused(type(exc).__name__)
             await self.refuse(interaction, exc.user_message)
         elif isinstance(exc, app_commands.CheckFailure):
+            self.metrics.refused(type(exc).__name__)
             await self.refuse(interaction, str(exc) or "You cannot use this command here.")
         else:
+            self.metrics.refused("UnexpectedError")
             ref = uuid.uuid4().hex[:8]
             log.error("unexpected error (ref %s) in %s", ref, _describe(interaction), exc_info=exc)
             await self.refuse(interaction, f"Something went wrong on our side (ref `{ref}`); it was logged.")
@@ -212,6 +226,7 @@ class JanusBot(commands.Bot):
             model=self.config.model,
             engine=self.config.engine,
             database=self.config.database,
+            http=self.config.http,
             logging=replace(new.logging, file=self.config.logging.file),
             memory=replace(new.memory, tokenizer_path=self.config.memory.tokenizer_path),
         )

@@ -207,6 +207,14 @@ class UISection:
 
 
 @dataclass(frozen=True)
+class HttpSection:
+    """The operator's HTTP endpoint (/healthz, /metrics): off (port 0) unless a port is given."""
+
+    port: int = setting(0, lo=0, hi=65_535)
+    host: str = "127.0.0.1"  # loopback by default: put a reverse proxy in front to expose it
+
+
+@dataclass(frozen=True)
 class BotConfig:
     """The whole configuration: one field per TOML table. ``source`` is the file it came from (for reload)."""
 
@@ -221,6 +229,7 @@ class BotConfig:
     database: DatabaseSection = field(default_factory=DatabaseSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     ui: UISection = field(default_factory=UISection)
+    http: HttpSection = field(default_factory=HttpSection)
     source: Path | None = None
 
     def read_token(self, environ: dict[str, str] | None = None) -> str:
@@ -263,7 +272,13 @@ def _read_section(cls: type[S], name: str, table: Any) -> S:
         )
     hints = get_type_hints(cls)
     values = {key: _value(f"{name}.{key}", v, hints[key], declared[key].metadata) for key, v in table.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except InvalidRequest as exc:  # a section's own check across keys (the engine's): "Engine setting K ..."
+        key = next((k for k in values if f" {k} " in f" {exc.user_message} "), None)
+        raise ConfigError(
+            f"{name}.{key}: {exc.user_message}" if key else f"{name}: {exc.user_message}"
+        ) from None
 
 
 def _value(where: str, v: Any, declared: Any, bounds: Any) -> Any:
@@ -354,6 +369,9 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None) -> BotConf
     return _check_across(BotConfig(**sections, source=source))
 
 
+_HOST_RE = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+
+
 def _check_across(cfg: BotConfig) -> BotConfig:
     """The checks a single key's type and bounds cannot express; returns the config with the file-relative
     SQLite path resolved and the log level upper-cased."""
@@ -361,6 +379,12 @@ def _check_across(cfg: BotConfig) -> BotConfig:
         raise ConfigError(
             "discord.token_env: must be the NAME of an environment variable (like DISCORD_TOKEN), "
             "not the token itself"
+        )
+
+    if not _HOST_RE.fullmatch(cfg.http.host):
+        raise ConfigError(
+            f"http.host: must be an IP address or a host name to listen on (127.0.0.1, ::1, 0.0.0.0), "
+            f"got {cfg.http.host!r}"
         )
 
     shards = cfg.discord
@@ -464,7 +488,7 @@ def load_config(path: str | Path) -> BotConfig:
 
 
 # Sections whose changes only take effect after a restart (they shape processes and connections).
-_RESTART_SECTIONS = ("model", "engine", "database")
+_RESTART_SECTIONS = ("model", "engine", "database", "http")
 
 
 def restart_required_changes(old: BotConfig, new: BotConfig) -> list[str]:

@@ -40,6 +40,7 @@ from janus_engine.protocol import (
 )
 
 if TYPE_CHECKING:
+    from bot.metrics import BotMetrics
     from bot.store import Store
     from janus_engine.engine import JobHandle
 
@@ -212,11 +213,16 @@ class JobRender(Protocol):
     async def crashed(self) -> str: ...  # bookkeeping; returns the apology shown unless delivered
 
 
-async def follow_job(handle: JobHandle, render: JobRender, what: str) -> None:
+async def follow_job(
+    handle: JobHandle, render: JobRender, what: str, metrics: BotMetrics | None = None
+) -> None:
     """Turn a job's events into its message, through ``render``; the endings are handled here once.
 
     Once the result is posted it stays: a bookkeeping error after that (the job forgotten with /forget
-    meanwhile, a busy database) is logged, never shown in place of the result."""
+    meanwhile, a busy database) is logged, never shown in place of the result. ``metrics`` counts the
+    job's end by outcome (done, failed, cancelled; crashed = our own error while following it)."""
+    started = time.monotonic()
+    outcome = "crashed"
     try:
         async for event in handle:
             match event:
@@ -227,20 +233,28 @@ async def follow_job(handle: JobHandle, render: JobRender, what: str) -> None:
                 case Progress() | TextDelta():
                     await render.step(event)
                 case Done(result=result):
+                    outcome = "done"
                     await render.progress.close()
                     await render.done(result)
                 case Failed(reason=reason):
+                    outcome = "failed"
                     await render.progress.close()
                     await render.failed(reason)
                 case Cancelled():
+                    outcome = "cancelled"
                     await render.progress.close()
                     await render.cancelled()
     except Exception:
         log.exception("following %s failed", what)
+        if not render.delivered:
+            outcome = "crashed"
         await render.progress.close()
         apology = await render.crashed()
         if not render.delivered:
             await render.outlet.fail(apology)
+    finally:
+        if metrics is not None:
+            metrics.job_ended(handle.kind, outcome, time.monotonic() - started)
 
 
 class InteractionOutlet(_MessageIdRecorder):

@@ -148,7 +148,8 @@ async def _stream_answer(
     bot: JanusBot, outlet: Outlet, handle: JobHandle, q: Question, conv: ConversationRef, job_id: str
 ) -> None:
     """Stream the answer into the outlet, store the exchange, then post the answer."""
-    await follow_job(handle, _AnswerRender(bot, outlet, q, conv, job_id), f"answering job {job_id}")
+    render = _AnswerRender(bot, outlet, q, conv, job_id)
+    await follow_job(handle, render, f"answering job {job_id}", bot.metrics)
 
 
 class _AnswerRender:

@@ -186,7 +186,8 @@ class ImagineCog(commands.Cog):
 
     async def _deliver_images(self, outlet: InteractionOutlet, handle: JobHandle, job: JobRecord) -> None:
         """Turn the engine's events into one message: queue line, progress bar, then the images."""
-        await follow_job(handle, _ImageRender(self.bot, outlet, job), f"imagine job {job.id}")
+        render = _ImageRender(self.bot, outlet, job)
+        await follow_job(handle, render, f"imagine job {job.id}", self.bot.metrics)
 
     # ---- buttons -------------------------------------------------------------------------------------
 

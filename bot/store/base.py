@@ -85,6 +85,11 @@ class StoreBase:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    async def ping(self) -> None:
+        """One trivial query: raises if the database cannot be reached (for /healthz)."""
+        async with self._query() as conn:
+            await conn.execute(select(1))
+
     async def __aenter__(self) -> Self:
         return self
 

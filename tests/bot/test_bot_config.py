@@ -74,6 +74,12 @@ def test_example_file_documents_every_key() -> None:
         ({"discord": {"shard_count": 2, "shard_ids": [1, 1]}}, "discord.shard_ids: an id is listed twice"),
         ({"discord": {"shard_count": 2, "shard_ids": [-1]}}, "discord.shard_ids[0]: must be >= 0"),
         ({"discord": {"shard_count": -1}}, "discord.shard_count: must be >= 0"),
+        (
+            {"engine": {"service": "two words"}},
+            "engine.service: Engine setting service must be empty or a name",
+        ),
+        ({"http": {"port": 70000}}, "http.port: must be <= 65535"),
+        ({"http": {"host": "0.0.0.0; rm -rf"}}, "http.host: must be an IP address or a host name"),
     ],
 )
 def test_bad_keys_are_named_with_the_reason(doc: dict, needle: str) -> None:
@@ -173,6 +179,7 @@ def test_reload_reports_what_needs_a_restart() -> None:
         {"logging": {"file": "bot.log", "level": "DEBUG"}, "memory": {"tokenizer_path": "t.json"}}
     )
     assert restart_required_changes(old, later) == ["logging.file", "memory.tokenizer_path"]
+    assert restart_required_changes(old, parse_config({"http": {"port": 9100}})) == ["http"]
 
 
 async def test_a_process_with_several_shards_runs_an_auto_sharded_bot() -> None:
