@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible images (default: random)")
     p.add_argument("--guidance", type=float, default=5.0, help="CFG scale, > 1 (default 5)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--negative", default="", help="what the images should not show (a negative prompt)")
     p.add_argument("-o", "--output", default=".", help="output folder (default: current)")
     _add_model_args(p)
     p.set_defaults(handler="janus_engine.cli_jobs:imagine_command")

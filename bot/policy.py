@@ -73,6 +73,14 @@ def effective_nsfw_policy(access: AccessSection, settings: ServerSettings) -> st
     return max(access.nsfw_policy, server, key=_STRICTNESS.__getitem__)
 
 
+def check_negative_prompt(access: AccessSection, text: str) -> None:
+    """A negative prompt says what to keep out of the image, so NSFW words there are welcome ("nudity" in
+    it steers away from nudity); the blocked patterns still apply, since it is stored and shown."""
+    for pattern in access.blocked_prompt_patterns:
+        if pattern.search(text):
+            raise BlockedPrompt("That negative prompt contains something this server's bot does not accept.")
+
+
 def check_prompt(access: AccessSection, who: Requester, settings: ServerSettings, text: str) -> None:
     """Raise BlockedPrompt if ``text`` matches a blocked pattern, or NSFW patterns where not allowed."""
     for pattern in access.blocked_prompt_patterns:

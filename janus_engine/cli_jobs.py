@@ -134,6 +134,7 @@ def imagine_command(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         temperature=args.temperature,
         seed=args.seed,
+        negative_prompt=getattr(args, "negative", "") or "",
     )
     validate_generate_request(request)
     config = _engine_config(args, 1)

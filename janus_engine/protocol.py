@@ -75,6 +75,8 @@ class GenerateRequest:
 
     temperature 0 means greedy decoding (used by the equivalence tests; real use samples at 1.0).
     ``seed`` makes a sampled request reproducible whether it runs alone or inside a batch.
+    ``negative_prompt`` (optional) is what the image should not look like: it takes the place of
+    DeepSeek's unconditional prompt (all pads) in the guidance pair, so guidance pushes away from it.
     """
 
     request_id: str
@@ -84,6 +86,7 @@ class GenerateRequest:
     temperature: float = 1.0
     seed: int | None = None
     preview_every: int = 0  # 0 = no previews; K = decode the rows generated so far every K steps
+    negative_prompt: str = ""  # "" = DeepSeek's unconditional prompt
 
 
 @dataclass(frozen=True)

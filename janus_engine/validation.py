@@ -58,6 +58,13 @@ def validate_generate_request(req: GenerateRequest) -> None:
         raise PromptTooLong(
             f"The prompt is {len(req.prompt)} characters long; the limit is {MAX_PROMPT_CHARS}."
         )
+    if not isinstance(req.negative_prompt, str):
+        raise InvalidRequest("The negative prompt must be text.")
+    if len(req.negative_prompt) > MAX_PROMPT_CHARS:
+        raise PromptTooLong(
+            f"The negative prompt is {len(req.negative_prompt)} characters long; the limit is "
+            f"{MAX_PROMPT_CHARS}."
+        )
     n = req.n_images
     whole = isinstance(n, int) and not isinstance(n, bool)
     if not whole or not MIN_IMAGES_PER_REQUEST <= n <= MAX_IMAGES_PER_REQUEST:

@@ -128,6 +128,7 @@ CASES = {
     "imagine-output-under-a-file": Case(("imagine", "a cat", "-o", "afile.txt/sub")),
     "imagine-missing-model-folder": Case(("imagine", "a cat", "--model", "./no-such-model")),
     "imagine-no-prompt": Case(("imagine",)),
+    "imagine-negative-too-long": Case(("imagine", "a cat", "--negative", "x" * 4001)),
     # ---- describe ----
     "describe-missing-image": Case(("describe", "missing.png")),
     "describe-folder-as-image": Case(("describe", "busy")),

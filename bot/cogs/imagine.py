@@ -25,7 +25,7 @@ from bot.delivery import InteractionOutlet, LatestProgress, Outlet, finish_if_op
 from bot.errors import NotAllowed, Refusal
 from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_prompt
 from bot.limits import IMAGINE
-from bot.policy import Requester, check_prompt
+from bot.policy import Requester, check_negative_prompt, check_prompt
 from bot.store import ImagineParams, JobKind, JobRecord, JobStatus
 from bot.views import (
     DeleteButton,
@@ -76,6 +76,7 @@ class ImagineCog(commands.Cog):
         guidance="Classifier-free guidance: higher follows the prompt more closely (default 5)",
         temperature="Sampling temperature: higher is more varied (default 1.0)",
         seed="Seed for reproducible results",
+        negative="What the images should not show (e.g. blurry, text, watermark)",
     )
     async def imagine(
         self,
@@ -85,9 +86,16 @@ class ImagineCog(commands.Cog):
         guidance: app_commands.Range[float, 1.01, 100.0] | None = None,
         temperature: app_commands.Range[float, 0.0, 10.0] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        negative: app_commands.Range[str, 1, 4000] | None = None,
     ) -> None:
         await self.start(
-            interaction, prompt=prompt, count=count, guidance=guidance, temperature=temperature, seed=seed
+            interaction,
+            prompt=prompt,
+            count=count,
+            guidance=guidance,
+            temperature=temperature,
+            seed=seed,
+            negative_prompt=negative or "",
         )
 
     # ---- the shared flow (command, Re-roll, Edit prompt) ---------------------------------------------
@@ -102,6 +110,7 @@ class ImagineCog(commands.Cog):
         temperature: float | None = None,
         seed: int | None = None,
         parent_job: str | None = None,
+        negative_prompt: str = "",
     ) -> None:
         bot = self.bot
         who = bot.access.requester(interaction)
@@ -113,6 +122,13 @@ class ImagineCog(commands.Cog):
         if len(prompt) > g.max_prompt_chars:
             raise Refusal(f"The prompt is {len(prompt)} characters long; the limit is {g.max_prompt_chars}.")
         check_prompt(bot.config.access, who, settings, prompt)
+        negative_prompt = negative_prompt.strip()
+        if len(negative_prompt) > g.max_prompt_chars:
+            raise Refusal(
+                f"The negative prompt is {len(negative_prompt)} characters long; "
+                f"the limit is {g.max_prompt_chars}."
+            )
+        check_negative_prompt(bot.config.access, negative_prompt)
         count = count or _or(settings.default_count, g.default_count)
         if count > g.max_count:
             raise Refusal(f"At most {g.max_count} images per request.")
@@ -127,7 +143,8 @@ class ImagineCog(commands.Cog):
         seed = seed if seed is not None else random.randint(0, MAX_SEED)
         reservation = await bot.limiter.reserve(who.user_id, IMAGINE, count)  # atomic in the database
         try:
-            await self._submit(interaction, who, prompt, count, guidance, temperature, seed, parent_job)
+            params = ImagineParams(count, guidance, temperature, parent_job, negative_prompt)
+            await self._submit(interaction, who, prompt, params, seed)
         except BaseException:
             await bot.limiter.release(reservation)  # refused or failed before the engine took it
             raise
@@ -137,15 +154,11 @@ class ImagineCog(commands.Cog):
         interaction: discord.Interaction,
         who: Requester,
         prompt: str,
-        count: int,
-        guidance: float,
-        temperature: float,
+        params: ImagineParams,
         seed: int,
-        parent_job: str | None,
     ) -> None:
         """Record the job, hand it to the engine, defer, and follow it in the background."""
         bot = self.bot
-        params = ImagineParams(count, guidance, temperature, parent_job=parent_job)
         job = await bot.store.create_job(
             JobKind.IMAGINE,
             user_id=who.user_id,
@@ -158,11 +171,12 @@ class ImagineCog(commands.Cog):
         request = GenerateRequest(
             request_id=job.id,
             prompt=prompt,
-            n_images=count,
-            guidance=guidance,
-            temperature=temperature,
+            n_images=params.count,
+            guidance=params.guidance,
+            temperature=params.temperature,
             seed=seed,
             preview_every=bot.config.engine.preview_every,
+            negative_prompt=params.negative_prompt,
         )
         try:
             handle = await bot.engine.submit(request, user_id=str(who.user_id))
@@ -210,6 +224,7 @@ class ImagineCog(commands.Cog):
             temperature=p.temperature,
             seed=None,  # a new seed is the point of a re-roll
             parent_job=job.id,
+            negative_prompt=p.negative_prompt,
         )
 
     async def open_edit_modal(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -241,6 +256,7 @@ class ImagineCog(commands.Cog):
             guidance=p.guidance,
             temperature=p.temperature,
             parent_job=job.id,
+            negative_prompt=p.negative_prompt,
         )
 
     async def delete_result(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -289,6 +305,8 @@ class _ImageRender:
         files = [(f"janus-{job.id[:8]}-{i + 1}.png", png) for i, png in enumerate(result.images)]
         p = self.params
         text = f"{self.header}\nseed {result.seed} · guidance {p.guidance:g} · temperature {p.temperature:g}"
+        if p.negative_prompt:
+            text += f"\nnegative: {quote_prompt(p.negative_prompt, 200)}"
         ids = await self.outlet.final(text, files=files, view=result_view(job.id, len(files)), ping=True)
         self.delivered = True
         await self.bot.store.finish_job(

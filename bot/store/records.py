@@ -200,6 +200,7 @@ class ImagineParams:
     guidance: float
     temperature: float
     parent_job: str | None = None  # the job a Re-roll or an edited prompt started from
+    negative_prompt: str = ""  # what the images should not show ("" = none); Re-roll and Edit keep it
 
     @classmethod
     def of(cls, job: JobRecord) -> ImagineParams:
@@ -209,6 +210,7 @@ class ImagineParams:
             guidance=float(p["guidance"]),
             temperature=float(p["temperature"]),
             parent_job=p.get("parent_job"),
+            negative_prompt=str(p.get("negative_prompt") or ""),
         )
 
     def as_params(self) -> dict[str, Any]:
@@ -220,6 +222,8 @@ class ImagineParams:
         }
         if self.parent_job:
             params["parent_job"] = self.parent_job
+        if self.negative_prompt:
+            params["negative_prompt"] = self.negative_prompt
         return params
 
 

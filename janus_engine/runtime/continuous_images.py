@@ -32,7 +32,6 @@ from janus_engine.runtime.generation import (
     SpecialIds,
     _left_pad,
     cache_keyword,
-    unconditional_ids,
 )
 from janus_engine.runtime.kv_cache import preallocated_cache
 from janus_engine.runtime.sampling import choose_tokens, uniform_stream
@@ -180,10 +179,7 @@ class ImageDecoder:
             raise ValueError(f"{needed} images do not fit in {self.free_pairs} free row pairs")
         sequences: dict[tuple[int, ...], int] = {}
         cond_row = [sequences.setdefault(job.prompt_ids, len(sequences)) for job in jobs]
-        uncond_row = [
-            sequences.setdefault(tuple(unconditional_ids(job.prompt_ids, self.ids)), len(sequences))
-            for job in jobs
-        ]
+        uncond_row = [sequences.setdefault(job.uncond_ids(self.ids), len(sequences)) for job in jobs]
         prompt_ids, prompt_mask = _left_pad(list(sequences), self.ids.pad)
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         width = prompt_ids.shape[1]
@@ -344,7 +340,12 @@ class ImageDecoder:
             self._logits[:live] = logits[:live]
         else:
             self._prepare_rows(live)
-            lengths = [len(r.job.prompt_ids) + r.step for r in self._requests.values()]  # host-side
+            # host-side; both rows of a pair (a negative prompt may be longer or shorter than the prompt)
+            lengths = [
+                length + r.step
+                for r in self._requests.values()
+                for length in (len(r.job.prompt_ids), len(r.job.negative_ids or r.job.prompt_ids))
+            ]
             longest = max(lengths)
             self.table.width = min(self.table.capacity, longest)
             # All rows equally long (requests that joined together with prompts of one length): a slice

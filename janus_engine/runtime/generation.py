@@ -39,6 +39,19 @@ class ImageTokenJob:
     temperature: float  # 0 = greedy
     seed: int | None  # used when temperature > 0
     preview_every: int = 0
+    # The unconditional row's prompt when the request has a negative prompt (same template, its text);
+    # None = DeepSeek's unconditional prompt (:func:`unconditional_ids`).
+    negative_ids: tuple[int, ...] | None = None
+
+    def uncond_ids(self, ids: SpecialIds) -> tuple[int, ...]:
+        """The prompt of this job's unconditional (guidance) row."""
+        if self.negative_ids is not None:
+            return self.negative_ids
+        return tuple(unconditional_ids(self.prompt_ids, ids))
+
+    @property
+    def longest_prompt(self) -> int:
+        return max(len(self.prompt_ids), len(self.negative_ids or ()))
 
 
 @dataclass(frozen=True)
@@ -187,12 +200,11 @@ def generate_image_tokens(
     total = num_image_tokens
 
     # Prefill each distinct sequence once: a request's conditional prompt, and the unconditional prompts,
-    # which depend only on the prompt length (BOS, pads, BOI) and so are shared by same-length prompts.
+    # which depend only on the prompt length (BOS, pads, BOI) and so are shared by same-length prompts
+    # (a negative prompt is its own sequence, shared by the requests that ask for the same one).
     sequences: dict[tuple[int, ...], int] = {}
     cond_row = [sequences.setdefault(job.prompt_ids, len(sequences)) for job in live]
-    uncond_row = [
-        sequences.setdefault(tuple(unconditional_ids(job.prompt_ids, ids)), len(sequences)) for job in live
-    ]
+    uncond_row = [sequences.setdefault(job.uncond_ids(ids), len(sequences)) for job in live]
     prompt_ids, prompt_mask = _left_pad(list(sequences), ids.pad)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     width = prompt_ids.shape[1]

@@ -107,6 +107,13 @@ class JanusRuntime:
             raise PromptTooLong(
                 f"The prompt is {len(ids)} tokens long; with the image it must stay within {limit} tokens."
             )
+        negative = None
+        if req.negative_prompt.strip():  # the same template around it, so the pair differs only in text
+            negative = tuple(self.image_prompt_ids(req.negative_prompt))
+            if len(negative) > limit:
+                raise PromptTooLong(
+                    f"The negative prompt is {len(negative)} tokens long; it must stay within {limit} tokens."
+                )
         seed = req.seed
         if req.temperature > 0 and seed is None:
             seed = fresh_seed()
@@ -118,6 +125,7 @@ class JanusRuntime:
             temperature=float(req.temperature),
             seed=seed,
             preview_every=req.preview_every,
+            negative_ids=negative,
         )
 
     def generate_tokens(

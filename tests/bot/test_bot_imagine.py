@@ -171,3 +171,33 @@ async def test_forgetting_everything_while_a_job_runs_still_delivers_its_images(
     await asyncio.sleep(0.5)  # any late bookkeeping error would have replaced the result by now
     assert len(msg.attachments) == 2 and "went wrong" not in msg.content
     assert emu.failures == []
+
+
+async def test_a_negative_prompt_reaches_the_engine_changes_the_images_and_survives_reroll(
+    world: BotWorld,
+) -> None:
+    emu = world.emu
+    nia = world.user("nia")
+    plain = await world.final(
+        await world.run(nia, world.general, "imagine", prompt="a small boat", seed=5), is_result
+    )
+    itx = await world.run(nia, world.general, "imagine", prompt="a small boat", seed=5, negative="fog, rain")
+    msg = await world.final(itx, is_result)
+    sent = world.submitted[-1]
+    assert sent.negative_prompt == "fog, rain" and sent.seed == 5
+    assert "negative: " in msg.content and "fog, rain" in msg.content
+    # Same prompt, same seed: only the guidance row differs, and so do the pictures.
+    assert msg.attachments[0].data != plain.attachments[0].data
+    job_id = msg.custom_ids()[0].split(":")[2]
+    assert (await world.bot.store.get_job(job_id)).params["negative_prompt"] == "fog, rain"
+
+    press = await emu.press_button(nia, msg, f"janus:reroll:{job_id}")
+    await press.wait_response()
+    await world.final(press, is_result)
+    assert world.submitted[-1].negative_prompt == "fog, rain" and world.submitted[-1].seed != 5
+
+    # A negative prompt is screened for the blocked patterns (not for NSFW words: it keeps them out).
+    refused = await world.run(nia, world.general, "imagine", prompt="a boat", negative="forbidden things")
+    assert "negative prompt contains something" in refused.original.content
+    nsfw_words = await world.run(nia, world.general, "imagine", prompt="a boat", negative="nudity, explicit")
+    await world.final(nsfw_words, is_result)
