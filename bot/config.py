@@ -139,6 +139,9 @@ class GenerationSection:
     default_temperature: float = setting(1.0, lo=0.0, hi=10.0)
     max_temperature: float = setting(2.0, lo=0.0, hi=10.0)
     max_prompt_chars: int = setting(1000, lo=1, hi=4000)
+    # /imagine best_of: at most this many candidates, ranked by Janus itself (and at most
+    # engine.max_images_per_batch: the candidates are drawn in one batch)
+    max_best_of: int = setting(8, lo=2, hi=16)
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,16 @@ class UISection:
 
 
 @dataclass(frozen=True)
+class ModerationSection:
+    """Output moderation: Janus answers ``question`` about each generated image before it is posted in a
+    channel that is not marked NSFW; an image whose P("Yes") is above ``threshold`` is withheld."""
+
+    enabled: bool = False  # the default of every server (/settings moderation changes it per server)
+    question: str = "Is this image sexually explicit, gory or hateful? Answer yes or no."
+    threshold: float = setting(0.5, lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
 class HttpSection:
     """The operator's HTTP endpoint (/healthz, /metrics): off (port 0) unless a port is given."""
 
@@ -229,6 +242,7 @@ class BotConfig:
     database: DatabaseSection = field(default_factory=DatabaseSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     ui: UISection = field(default_factory=UISection)
+    moderation: ModerationSection = field(default_factory=ModerationSection)
     http: HttpSection = field(default_factory=HttpSection)
     source: Path | None = None
 
@@ -427,6 +441,8 @@ def _check_across(cfg: BotConfig) -> BotConfig:
             "generation.max_count: must be <= engine.max_images_per_batch "
             f"({cfg.engine.max_images_per_batch})"
         )
+    if not cfg.moderation.question.strip() or len(cfg.moderation.question) > 500:
+        raise ConfigError("moderation.question: must be a yes/no question of 1 to 500 characters")
     if not gen.min_guidance <= gen.default_guidance <= gen.max_guidance:
         raise ConfigError("generation.default_guidance: must lie between min_guidance and max_guidance")
     if gen.default_temperature > gen.max_temperature:

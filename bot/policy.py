@@ -19,6 +19,7 @@ from bot.store.records import (  # noqa: F401  (re-exported for the cogs and tes
     DEFAULT_GUIDANCE,
     DEFAULT_TEMPERATURE,
     ENABLED,
+    MODERATION,
     NSFW_POLICY,
     ServerSettings,
 )

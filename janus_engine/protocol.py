@@ -67,6 +67,11 @@ class UnderstandRequest:
     # The conversation this turn belongs to (the bot's conversation id): the worker keeps the image
     # features of a conversation's earlier turns under it, and forgets them when the engine is told to.
     conversation_id: str | None = None
+    # A question with fixed answers ("Yes", "No"): no answer is generated; the result's choice_probs say
+    # how likely the model's answer starts with each choice (its first token's probability, renormalised
+    # over the choices), and its text is the likeliest choice. One decoding step: the model judging an
+    # image (best-of-N ranking, output moderation).
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class UnderstandResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    choice_probs: tuple[float, ...] = ()  # one per request choice, summing to 1 (choices only)
 
 
 @dataclass(frozen=True)

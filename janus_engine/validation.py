@@ -29,6 +29,7 @@ MAX_PREVIEW_EVERY = 10_000
 MAX_NEW_TOKENS = 4096
 MAX_IMAGES_PER_CONVERSATION = 6  # each image costs 578 tokens of Janus-Pro's 4096-token context
 MAX_CONVERSATION_CHARS = 60_000
+MAX_CHOICES = 8
 
 
 def _number(value: object) -> float | None:
@@ -113,6 +114,11 @@ def validate_understand_request(req: UnderstandRequest) -> None:
         raise PromptTooLong(
             f"The conversation is {chars} characters long; the limit is {MAX_CONVERSATION_CHARS}."
         )
+    choices = req.choices
+    if not isinstance(choices, tuple) or (choices and not 2 <= len(choices) <= MAX_CHOICES):
+        raise InvalidRequest(f"A question with fixed answers needs 2 to {MAX_CHOICES} choices.")
+    if any(not isinstance(c, str) or not c.strip() or len(c) > 40 for c in choices):
+        raise InvalidRequest("Each choice must be a short non-empty text (at most 40 characters).")
     s = req.sampling
     _check_temperature(s.temperature)
     p = _number(s.top_p)

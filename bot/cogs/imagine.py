@@ -24,6 +24,7 @@ from discord.ext import commands
 from bot.delivery import InteractionOutlet, LatestProgress, Outlet, finish_if_open, follow_job, quietly
 from bot.errors import NotAllowed, Refusal
 from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_prompt
+from bot.judging import match_question, yes_probabilities
 from bot.limits import IMAGINE
 from bot.policy import Requester, check_negative_prompt, check_prompt
 from bot.store import ImagineParams, JobKind, JobRecord, JobStatus
@@ -77,6 +78,7 @@ class ImagineCog(commands.Cog):
         temperature="Sampling temperature: higher is more varied (default 1.0)",
         seed="Seed for reproducible results",
         negative="What the images should not show (e.g. blurry, text, watermark)",
+        best_of="Draw this many candidates and post the best ones, as Janus itself judges them",
     )
     async def imagine(
         self,
@@ -87,6 +89,7 @@ class ImagineCog(commands.Cog):
         temperature: app_commands.Range[float, 0.0, 10.0] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         negative: app_commands.Range[str, 1, 4000] | None = None,
+        best_of: app_commands.Range[int, 2, 16] | None = None,
     ) -> None:
         await self.start(
             interaction,
@@ -96,6 +99,7 @@ class ImagineCog(commands.Cog):
             temperature=temperature,
             seed=seed,
             negative_prompt=negative or "",
+            best_of=best_of or 0,
         )
 
     # ---- the shared flow (command, Re-roll, Edit prompt) ---------------------------------------------
@@ -111,6 +115,7 @@ class ImagineCog(commands.Cog):
         seed: int | None = None,
         parent_job: str | None = None,
         negative_prompt: str = "",
+        best_of: int = 0,
     ) -> None:
         bot = self.bot
         who = bot.access.requester(interaction)
@@ -140,10 +145,16 @@ class ImagineCog(commands.Cog):
             temperature = _or(settings.default_temperature, g.default_temperature)
         if temperature > g.max_temperature:
             raise Refusal(f"Temperature must be at most {g.max_temperature}.")
+        if best_of:
+            limit = min(g.max_best_of, bot.config.engine.max_images_per_batch)
+            if not count < best_of <= limit:
+                raise Refusal(f"best_of must be more than count ({count}) and at most {limit}.")
+        moderate = bool(_or(settings.moderation, bot.config.moderation.enabled)) and not who.channel_nsfw
         seed = seed if seed is not None else random.randint(0, MAX_SEED)
-        reservation = await bot.limiter.reserve(who.user_id, IMAGINE, count)  # atomic in the database
+        params = ImagineParams(count, guidance, temperature, parent_job, negative_prompt, best_of, moderate)
+        # atomic in the database; every candidate counts
+        reservation = await bot.limiter.reserve(who.user_id, IMAGINE, params.drawn)
         try:
-            params = ImagineParams(count, guidance, temperature, parent_job, negative_prompt)
             await self._submit(interaction, who, prompt, params, seed)
         except BaseException:
             await bot.limiter.release(reservation)  # refused or failed before the engine took it
@@ -171,7 +182,7 @@ class ImagineCog(commands.Cog):
         request = GenerateRequest(
             request_id=job.id,
             prompt=prompt,
-            n_images=params.count,
+            n_images=params.drawn,
             guidance=params.guidance,
             temperature=params.temperature,
             seed=seed,
@@ -225,6 +236,7 @@ class ImagineCog(commands.Cog):
             seed=None,  # a new seed is the point of a re-roll
             parent_job=job.id,
             negative_prompt=p.negative_prompt,
+            best_of=p.best_of,
         )
 
     async def open_edit_modal(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -257,6 +269,7 @@ class ImagineCog(commands.Cog):
             temperature=p.temperature,
             parent_job=job.id,
             negative_prompt=p.negative_prompt,
+            best_of=p.best_of,
         )
 
     async def delete_result(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -275,7 +288,10 @@ class _ImageRender:
         self.bot, self.job = bot, job
         self.outlet: Outlet = outlet
         self.params = ImagineParams.of(job)
-        self.header = f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {plural(self.params.count, 'image')}"
+        drawn = plural(self.params.count, "image")
+        if self.params.best_of:
+            drawn += f" (best of {self.params.best_of})"
+        self.header = f"<@{job.user_id}>: {quote_prompt(job.prompt)} · {drawn}"
         self.view = progress_view(job.id)
         self.progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
         self.width = bot.config.ui.progress_bar_width
@@ -302,11 +318,23 @@ class _ImageRender:
         if not isinstance(result, GenerateResult):
             raise TypeError(f"an imagine job ended with {type(result).__name__}")
         job = self.job
-        files = [(f"janus-{job.id[:8]}-{i + 1}.png", png) for i, png in enumerate(result.images)]
         p = self.params
+        images = list(result.images)
+        chosen, notes = list(range(len(images))), []
+        if p.best_of:
+            await self.outlet.show(f"{self.header}\nJanus is judging the {len(images)} candidates…")
+            chosen, note = await self._rank(images)
+            notes.append(note)
+        if p.moderate and chosen:
+            await self.outlet.show(f"{self.header}\nChecking the images…")
+            chosen, note = await self._moderate(images, chosen)
+            if note:
+                notes.append(note)
+        files = [(f"janus-{job.id[:8]}-{n + 1}.png", images[i]) for n, i in enumerate(chosen)]
         text = f"{self.header}\nseed {result.seed} · guidance {p.guidance:g} · temperature {p.temperature:g}"
         if p.negative_prompt:
             text += f"\nnegative: {quote_prompt(p.negative_prompt, 200)}"
+        text += "".join(f"\n{note}" for note in notes)
         ids = await self.outlet.final(text, files=files, view=result_view(job.id, len(files)), ping=True)
         self.delivered = True
         await self.bot.store.finish_job(
@@ -316,6 +344,54 @@ class _ImageRender:
             timings={"total_s": round(time.monotonic() - self.started_at, 3)},
             message_ids=ids,
         )
+
+    async def _rank(self, images: list[bytes]) -> tuple[list[int], str]:
+        """The best ``count`` candidates by Janus' own P("Yes") to "Does this image show: <prompt>?"."""
+        count = self.params.count
+        try:
+            scores = await yes_probabilities(
+                self.bot, images, match_question(self.job.prompt), user_id=self.job.user_id
+            )
+        except JanusError as exc:
+            log.warning("job %s: could not rank its candidates: %s", self.job.id, exc.user_message)
+            return list(range(count)), f"best_of: the candidates could not be judged ({exc.user_message})"
+        order = sorted(range(len(images)), key=lambda i: -scores[i])[:count]
+        shown = ", ".join(f"{scores[i]:.2f}" for i in order)
+        return order, f"best {count} of {len(images)}, by Janus' own judgement (P(match) {shown})"
+
+    async def _moderate(self, images: list[bytes], chosen: list[int]) -> tuple[list[int], str]:
+        """Withhold the images Janus flags with the moderation question (all of them if it cannot ask:
+        this channel is not NSFW, so an unchecked image is not posted). Logged and audited."""
+        rules = self.bot.config.moderation
+        job = self.job
+        try:
+            flags = await yes_probabilities(
+                self.bot, [images[i] for i in chosen], rules.question, user_id=job.user_id
+            )
+        except JanusError as exc:
+            log.warning("job %s: moderation could not run: %s", job.id, exc.user_message)
+            blocked = list(chosen)
+            note = "The images could not be checked by this server's image filter, so they are not shown."
+            scores: list[float | None] = [None] * len(chosen)
+        else:
+            blocked = [i for i, flag in zip(chosen, flags, strict=True) if flag > rules.threshold]
+            note = (
+                f"{plural(len(blocked), 'image')} withheld by this server's image filter." if blocked else ""
+            )
+            scores = [round(f, 4) for f in flags]
+        if blocked:
+            log.info("job %s: moderation withheld %d of %d image(s)", job.id, len(blocked), len(chosen))
+            await quietly(
+                self.bot.store.record_audit(
+                    actor_id=job.user_id,
+                    action="moderation.withheld",
+                    guild_id=job.guild_id,
+                    target=job.id,
+                    details={"images": len(blocked), "of": len(chosen), "scores": scores},
+                ),
+                "record a moderation hit",
+            )
+        return [i for i in chosen if i not in blocked], note
 
     async def failed(self, reason: str) -> None:
         await quietly(

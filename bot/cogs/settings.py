@@ -14,7 +14,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import Refusal
-from bot.policy import DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE, ENABLED, NSFW_POLICY
+from bot.policy import (
+    DEFAULT_COUNT,
+    DEFAULT_GUIDANCE,
+    DEFAULT_TEMPERATURE,
+    ENABLED,
+    MODERATION,
+    NSFW_POLICY,
+)
 from bot.store import SCOPE_SETTING
 
 if TYPE_CHECKING:
@@ -48,6 +55,7 @@ class SettingsCog(
         settings = await self.bot.access.settings_for(who)
         memory = self.bot.config.memory
         g = self.bot.config.generation
+        filtering = _or(settings.moderation, self.bot.config.moderation.enabled)
         lines = [
             f"Bot enabled here: {'no' if settings.enabled is False else 'yes'}",
             f"Conversation scope: {_or(settings.conversation_scope, memory.default_scope)}",
@@ -55,6 +63,8 @@ class SettingsCog(
             f"Default image count: {_or(settings.default_count, g.default_count)}",
             f"Default guidance: {_or(settings.default_guidance, g.default_guidance)}",
             f"Default temperature: {_or(settings.default_temperature, g.default_temperature)}",
+            f"Image filter (moderation): {'on' if filtering else 'off'}"
+            " (images are never checked in channels marked NSFW)",
         ]
         await self._reply(interaction, "\n".join(lines))
 
@@ -106,6 +116,17 @@ class SettingsCog(
         if policy == "allow" and self.bot.config.access.nsfw_policy != "allow":
             note = f" (the bot's config is stricter: {self.bot.config.access.nsfw_policy} still applies)"
         await self._reply(interaction, f"NSFW policy set to {policy}{note}.")
+
+    @app_commands.command(name="moderation", description="Check generated images before they are posted")
+    @app_commands.describe(
+        enabled="Janus answers the config's moderation question about each image; flagged images are withheld"
+    )
+    async def moderation(self, interaction: discord.Interaction, enabled: bool) -> None:
+        await self.bot.store.update_guild_settings(
+            _guild_id(interaction), {MODERATION: enabled}, actor_id=interaction.user.id
+        )
+        where = "in channels not marked NSFW" if enabled else ""
+        await self._reply(interaction, f"The image filter is now {'on ' + where if enabled else 'off'}.")
 
     @app_commands.command(name="defaults", description="Server defaults for /imagine")
     async def defaults(

@@ -32,6 +32,7 @@ NSFW_POLICY = "nsfw_policy"
 DEFAULT_COUNT = "default_count"
 DEFAULT_GUIDANCE = "default_guidance"
 DEFAULT_TEMPERATURE = "default_temperature"
+MODERATION = "moderation"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ServerSettings:
     default_count: int | None = None
     default_guidance: float | None = None
     default_temperature: float | None = None
+    moderation: bool | None = None  # output moderation of generated images (None: the config's default)
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerSettings:
@@ -55,6 +57,7 @@ class ServerSettings:
             return None if value is None else kind(value)
 
         enabled = data.get(ENABLED)
+        moderation = data.get(MODERATION)
         scope, nsfw = data.get(SCOPE_SETTING), data.get(NSFW_POLICY)
         return cls(
             enabled=None if enabled is None else bool(enabled),
@@ -63,6 +66,7 @@ class ServerSettings:
             default_count=num(DEFAULT_COUNT, int),
             default_guidance=num(DEFAULT_GUIDANCE, float),
             default_temperature=num(DEFAULT_TEMPERATURE, float),
+            moderation=None if moderation is None else bool(moderation),
         )
 
 
@@ -201,6 +205,8 @@ class ImagineParams:
     temperature: float
     parent_job: str | None = None  # the job a Re-roll or an edited prompt started from
     negative_prompt: str = ""  # what the images should not show ("" = none); Re-roll and Edit keep it
+    best_of: int = 0  # > count: this many candidates drawn, the best ``count`` posted (0 = no ranking)
+    moderate: bool = False  # the images are checked by the moderation question before they are posted
 
     @classmethod
     def of(cls, job: JobRecord) -> ImagineParams:
@@ -211,6 +217,8 @@ class ImagineParams:
             temperature=float(p["temperature"]),
             parent_job=p.get("parent_job"),
             negative_prompt=str(p.get("negative_prompt") or ""),
+            best_of=int(p.get("best_of") or 0),
+            moderate=bool(p.get("moderate", False)),
         )
 
     def as_params(self) -> dict[str, Any]:
@@ -224,7 +232,16 @@ class ImagineParams:
             params["parent_job"] = self.parent_job
         if self.negative_prompt:
             params["negative_prompt"] = self.negative_prompt
+        if self.best_of:
+            params["best_of"] = self.best_of
+        if self.moderate:
+            params["moderate"] = True
         return params
+
+    @property
+    def drawn(self) -> int:
+        """How many images the engine draws for this job (the candidates, with best_of)."""
+        return max(self.count, self.best_of)
 
 
 @dataclass(frozen=True)

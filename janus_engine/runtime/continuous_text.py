@@ -27,7 +27,13 @@ from janus_engine.runtime.image_features import ImageFeatureCache, prompt_embedd
 from janus_engine.runtime.kv_cache import preallocated_cache
 from janus_engine.runtime.sampling import choose_tokens, uniform_stream
 from janus_engine.runtime.slot_cache import SlotCache, SlotTable, attention_mask
-from janus_engine.runtime.understanding import TextJob, TextOutput, _Detokenizer
+from janus_engine.runtime.understanding import (
+    TextJob,
+    TextOutput,
+    _Detokenizer,
+    judge_first_step,
+    text_output,
+)
 
 _COLUMN_ROUNDING = 64  # the cache grows in steps of this many columns, not one prompt at a time
 
@@ -39,6 +45,7 @@ class _Row:
     stream: torch.Tensor  # (max_new_tokens,) uniforms, CPU
     detokenizer: _Detokenizer
     tokens: list[int] = field(default_factory=list)
+    choice_probs: tuple[float, ...] = ()
 
 
 @dataclass
@@ -214,6 +221,11 @@ class TextDecoder:
             all_greedy=all_greedy,
             top_p=torch.tensor([row.job.top_p for row in rows], dtype=torch.float32, device=self.device),
         )
+        first = [i for i, row in enumerate(rows) if row.job.choice_ids and not row.tokens]
+        if first:  # fixed answers: judged on the logits of the row's first step
+            judged = judge_first_step(self._logits[:n], [row.job for row in rows], token)
+            for i in first:
+                rows[i].choice_probs = judged[i]
         chosen = token.tolist()  # the host needs the tokens anyway: streaming and end-of-sentence
         finished: set[str] = set()
         for row, tok in zip(rows, chosen, strict=True):
@@ -231,7 +243,9 @@ class TextDecoder:
                 piece = row.detokenizer.delta(row.tokens, final=True)
                 if piece:
                     report.pieces.append((key, piece))
-                report.finished[key] = TextOutput(list(row.tokens), row.prompt_len)
+                report.finished[key] = text_output(
+                    row.job, list(row.tokens), row.prompt_len, row.choice_probs
+                )
         if finished:
             survivors = [i for i, row in enumerate(rows) if row.job.key not in finished]
             token = token.index_select(0, torch.tensor(survivors, dtype=torch.long, device=self.device))

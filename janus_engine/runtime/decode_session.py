@@ -168,12 +168,16 @@ class DecodeSession:
         return self.texts.step()
 
     def text_result(self, key: str, output: TextOutput) -> UnderstandResult:
-        text = self.runtime.processor.tokenizer.decode(output.tokens, skip_special_tokens=True).strip()
+        text = (
+            output.choice
+            or self.runtime.processor.tokenizer.decode(output.tokens, skip_special_tokens=True).strip()
+        )
         return UnderstandResult(
             request_id=key,
             text=text,
             prompt_tokens=output.prompt_tokens,
             completion_tokens=len(output.tokens),
+            choice_probs=output.choice_probs,
         )
 
     def seed_of(self, key: str) -> int | None:

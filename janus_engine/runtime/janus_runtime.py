@@ -232,17 +232,38 @@ class JanusRuntime:
                 f"the model reads at most {self.max_context_tokens}."
             )
         s = req.sampling
+        choice_ids = self.choice_ids(req.choices)
         return TextJob(
             key=req.request_id,
             prompt=prompt,
             images=tuple(open_images(req.turns)),
-            max_new_tokens=min(s.max_new_tokens, room),
+            max_new_tokens=1 if choice_ids else min(s.max_new_tokens, room),
             temperature=float(s.temperature),
             top_p=float(s.top_p),
             seed=s.seed if s.seed is not None else fresh_seed(),
             image_bytes=tuple(data for turn in req.turns for data in turn.images),
             conversation_id=req.conversation_id,
+            choice_ids=choice_ids,
+            choices=tuple(c.strip() for c in req.choices),
         )
+
+    def choice_ids(self, choices: Sequence[str]) -> tuple[int, ...]:
+        """The first token of each fixed answer as the model would write it. The template ends with
+        "<|Assistant|>:", so an answer starts with a space: " Yes" is one token in DeepSeek's vocabulary.
+        A tokenizer that gives the space a token of its own (the tiny test checkpoint's) would make every
+        choice start alike; then the choices' first tokens without the space are used."""
+        if not choices:
+            return ()
+        tokenizer = self.processor.tokenizer
+        for variant in (" {}", "{}"):
+            ids = tuple(
+                tokenizer(variant.format(c.strip()), add_special_tokens=False)["input_ids"][0]
+                for c in choices
+            )
+            informative = all(tokenizer.decode([i]).strip() for i in ids)
+            if informative and len(set(ids)) == len(ids):
+                return ids
+        raise InvalidRequest("Two choices begin with the same token; the model could not tell them apart.")
 
     def understand(
         self,
@@ -268,13 +289,14 @@ class JanusRuntime:
             if out is None:
                 results.append(None)
                 continue
-            text = self.processor.tokenizer.decode(out.tokens, skip_special_tokens=True).strip()
+            text = out.choice or self.processor.tokenizer.decode(out.tokens, skip_special_tokens=True).strip()
             results.append(
                 UnderstandResult(
                     request_id=job.key,
                     text=text,
                     prompt_tokens=out.prompt_tokens,
                     completion_tokens=len(out.tokens),
+                    choice_probs=out.choice_probs,
                 )
             )
         return results

@@ -54,12 +54,39 @@ class TextJob:
     seed: int
     image_bytes: tuple[bytes, ...] = ()  # the bytes each image came from: keys of the feature cache
     conversation_id: str | None = None  # what /forget names, to drop the conversation's cached images
+    # The first token of each fixed answer (UnderstandRequest.choices); such a job takes one step, whose
+    # token is the likeliest choice, and reports the choices' probabilities.
+    choice_ids: tuple[int, ...] = ()
+    choices: tuple[str, ...] = ()  # the answers themselves, in the same order
 
 
 @dataclass
 class TextOutput:
     tokens: list[int]
     prompt_tokens: int
+    choice_probs: tuple[float, ...] = ()
+    choice: str = ""  # the likeliest of the job's choices (its text is the answer)
+
+
+def text_output(job: TextJob, tokens: list[int], prompt_tokens: int, probs: tuple[float, ...]) -> TextOutput:
+    choice = job.choices[max(range(len(probs)), key=probs.__getitem__)] if probs else ""
+    return TextOutput(tokens, prompt_tokens, probs, choice)
+
+
+def judge_first_step(
+    logits: torch.Tensor, jobs: Sequence[TextJob], token: torch.Tensor
+) -> dict[int, tuple[float, ...]]:
+    """For the rows whose job has fixed answers: the choices' probabilities (a softmax over the choices'
+    first-token logits, so they sum to 1) by row, and ``token`` set to the likeliest choice in place."""
+    probs: dict[int, tuple[float, ...]] = {}
+    for row, job in enumerate(jobs):
+        if not job.choice_ids:
+            continue
+        ids = torch.tensor(job.choice_ids, dtype=torch.long, device=logits.device)
+        p = torch.softmax(logits[row].index_select(0, ids).float(), dim=-1)
+        token[row] = ids[int(p.argmax())]
+        probs[row] = tuple(float(x) for x in p.tolist())
+    return probs
 
 
 class _Detokenizer:
@@ -166,6 +193,9 @@ def generate_text(
             all_greedy=all_greedy,
             top_p=top_p,
         )
+        if step == 0:
+            judged = judge_first_step(logits, [by_key[k] for k in keys], token)
+            choice_probs = {keys[row]: p for row, p in judged.items()}
         chosen = token.tolist()  # the host needs the tokens anyway: streaming and end-of-sentence
         finished = set()
         for key, tok in zip(keys, chosen, strict=True):
@@ -180,7 +210,9 @@ def generate_text(
             if len(generated[key]) >= by_key[key].max_new_tokens:
                 finished.add(key)
         for key in finished:
-            results[key] = TextOutput(generated[key], prompt_tokens[key])
+            results[key] = text_output(
+                by_key[key], generated[key], prompt_tokens[key], choice_probs.get(key, ())
+            )
             if on_text is not None:
                 piece = streams[key].delta(generated[key], final=True)
                 if piece:
@@ -209,5 +241,7 @@ def generate_text(
         logits = out.logits[:, -1].float()
     for key in keys:  # budget exhausted without end-of-sentence
         if results[key] is None:
-            results[key] = TextOutput(generated[key], prompt_tokens[key])
+            results[key] = text_output(
+                by_key[key], generated[key], prompt_tokens[key], choice_probs.get(key, ())
+            )
     return results

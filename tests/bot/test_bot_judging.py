@@ -1,0 +1,113 @@
+"""Janus judging its own images, end to end with the tiny model: /imagine best_of ranks the candidates by
+the model's own P("Yes") to "Does this image show: <prompt>?", and the output moderation withholds what
+the moderation question flags (forced both ways with the threshold), outside NSFW channels only.
+
+The expected ranking is computed independently: the same seeded request drawn again straight from the
+engine (a seeded request is the same alone or in a batch), each candidate scored by a direct question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bot.judging import YES_NO, match_question
+from janus_engine.protocol import GenerateRequest, TextSampling, Turn, UnderstandRequest
+from tests.bot.bot_world import BotWorld, is_result
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CONFIG_OVERRIDES = {"engine": {"max_queued_per_user": 2}, "generation": {"max_best_of": 4}}
+
+
+async def _direct_scores(world: BotWorld, images: list[bytes], question: str) -> list[float]:
+    scores = []
+    for i, image in enumerate(images):
+        request = UnderstandRequest(
+            f"direct-{i}-{len(question)}",
+            (Turn("user", question, (image,)),),
+            TextSampling(0.0),
+            choices=YES_NO,
+        )
+        result = await world.engine.engine.submit(request, user_id="tester").result()
+        scores.append(result.choice_probs[0])
+    return scores
+
+
+def _last_generate(world: BotWorld) -> GenerateRequest:
+    return next(r for r in reversed(world.submitted) if isinstance(r, GenerateRequest))
+
+
+def _set_moderation(world: BotWorld, **changes) -> None:
+    config = world.bot.config
+    world.bot.config = dataclasses.replace(
+        config, moderation=dataclasses.replace(config.moderation, **changes)
+    )
+
+
+async def test_best_of_posts_the_candidates_janus_scores_highest(world: BotWorld) -> None:
+    rex = world.user("rex")
+    itx = await world.run(rex, world.general, "imagine", prompt="a yellow kite", count=2, best_of=4, seed=9)
+    msg = await world.final(itx, is_result, timeout=90)
+    assert len(msg.attachments) == 2 and "best 2 of 4" in msg.content
+    sent = _last_generate(world)
+    assert sent.n_images == 4
+    # The same four candidates, drawn again and scored directly.
+    again = await world.engine.engine.submit(
+        dataclasses.replace(sent, request_id="replay"), user_id="t"
+    ).result()
+    scores = await _direct_scores(world, list(again.images), match_question("a yellow kite"))
+    best = sorted(range(4), key=lambda i: -scores[i])[:2]
+    assert len({round(x, 6) for x in scores}) == 4  # distinct: the order is the model's, not a tie-break
+    assert best != [0, 1]  # with this seed, posting the first two unranked would be wrong
+    assert [a.data for a in msg.attachments] == [again.images[i] for i in best]
+    assert f"{scores[best[0]]:.2f}, {scores[best[1]]:.2f}" in msg.content
+    job = await world.bot.store.get_job(msg.custom_ids()[0].split(":")[2])
+    assert job.params["best_of"] == 4 and job.params["count"] == 2
+
+
+async def test_best_of_must_exceed_count_and_respect_the_limit(world: BotWorld) -> None:
+    rex = world.user("rex-2")
+    low = await world.run(rex, world.general, "imagine", prompt="a kite", count=2, best_of=2)
+    assert "best_of must be more than count (2) and at most 4" in low.original.content
+    high = await world.run(rex, world.general, "imagine", prompt="a kite", best_of=5)
+    assert "at most 4" in high.original.content
+
+
+async def test_moderation_withholds_flagged_images_and_logs_it(world: BotWorld) -> None:
+    mia = world.user("mod-mia")
+    _set_moderation(world, enabled=True, threshold=0.0)  # every image is "flagged"
+    try:
+        itx = await world.run(mia, world.general, "imagine", prompt="a quiet lake", count=2)
+        msg = await world.final(itx, lambda m: "withheld" in m.content, timeout=90)
+        assert msg.attachments == [] and "2 images withheld by this server's image filter" in msg.content
+        job_id = _last_generate(world).request_id
+        audit = [e for e in await world.bot.store.list_audit(guild_id=world.guild.id) if e.target == job_id]
+        assert [e.action for e in audit] == ["moderation.withheld"] and audit[0].details["images"] == 2
+
+        _set_moderation(world, threshold=1.0)  # nothing is above 1
+        clean = await world.final(
+            await world.run(mia, world.general, "imagine", prompt="a quiet lake", count=2),
+            is_result,
+            timeout=90,
+        )
+        assert len(clean.attachments) == 2 and "withheld" not in clean.content
+
+        # In a channel marked NSFW nothing is checked, whatever the threshold.
+        _set_moderation(world, threshold=0.0)
+        lounge = world.emu.add_channel(world.guild, "lounge", nsfw=True)
+        posted = await world.final(
+            await world.run(mia, lounge, "imagine", prompt="a quiet lake"), is_result, timeout=90
+        )
+        assert len(posted.attachments) == 1
+
+        # A server manager turns it off for the server.
+        off = await world.run(world.manager, world.general, "settings moderation", enabled=False)
+        assert "image filter is now off" in off.original.content
+        unchecked = await world.final(
+            await world.run(mia, world.general, "imagine", prompt="a quiet lake"), is_result, timeout=90
+        )
+        assert len(unchecked.attachments) == 1
+    finally:
+        _set_moderation(world, enabled=False, threshold=0.5)
