@@ -28,6 +28,7 @@ from bot.config import BotConfig, ConfigError, load_config, restart_required_cha
 from bot.limits import UsageLimiter
 from bot.logs import set_log_levels
 from bot.metrics import BotMetrics
+from bot.modlog import LOGGED_REFUSALS, post_modlog, where
 from bot.status_http import StatusServer
 from bot.store import JobRecord, Store
 from bot.store.retention import run_retention
@@ -192,8 +193,19 @@ class JanusBot(commands.Bot):
         if isinstance(exc, app_commands.CommandInvokeError):
             exc = exc.original
         if isinstance(exc, JanusError):
-            self.metrics.refused(type(exc).__name__)
+            reason = type(exc).__name__
+            self.metrics.refused(reason)
             await self.refuse(interaction, exc.user_message)
+            if reason in LOGGED_REFUSALS:
+                what = f"/{interaction.command.qualified_name}" if interaction.command else "a request"
+                self.run_in_background(
+                    post_modlog(
+                        self,
+                        interaction.guild_id,
+                        f"{where(interaction.user.id, interaction.channel_id)}: {what} refused "
+                        f"({reason}): {exc.user_message}",
+                    )
+                )
         elif isinstance(exc, app_commands.CheckFailure):
             self.metrics.refused(type(exc).__name__)
             await self.refuse(interaction, str(exc) or "You cannot use this command here.")

@@ -20,6 +20,7 @@ from bot.store.records import (  # noqa: F401  (re-exported for the cogs and tes
     DEFAULT_TEMPERATURE,
     ENABLED,
     MODERATION,
+    MODLOG_CHANNEL,
     NSFW_POLICY,
     ServerSettings,
 )

@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.formatting import format_eta
+from bot.modlog import post_modlog, where
 
 if TYPE_CHECKING:
     from bot.app import JanusBot
@@ -39,6 +40,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Bot own
             details={"result": message},
         )
         await interaction.response.send_message(message, ephemeral=True)
+        who = where(interaction.user.id, interaction.channel_id)
+        await post_modlog(self.bot, interaction.guild_id, f"{who}: /admin reload: {message}")
 
     @app_commands.command(name="stats", description="Engine workers, queue and throughput")
     async def stats(self, interaction: discord.Interaction) -> None:

@@ -26,6 +26,7 @@ from bot.errors import NotAllowed, Refusal
 from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_prompt
 from bot.judging import match_question, yes_probabilities
 from bot.limits import IMAGINE
+from bot.modlog import post_modlog, where
 from bot.policy import Requester, check_negative_prompt, check_prompt
 from bot.store import ImagineParams, JobKind, JobRecord, JobStatus
 from bot.views import (
@@ -381,6 +382,12 @@ class _ImageRender:
             scores = [round(f, 4) for f in flags]
         if blocked:
             log.info("job %s: moderation withheld %d of %d image(s)", job.id, len(blocked), len(chosen))
+            await post_modlog(
+                self.bot,
+                job.guild_id,
+                f"{where(job.user_id, job.channel_id)}: the image filter withheld {len(blocked)} of "
+                f"{len(chosen)} image(s) of job `{job.id}` (P(yes) {', '.join(map(str, scores))})",
+            )
             await quietly(
                 self.bot.store.record_audit(
                     actor_id=job.user_id,

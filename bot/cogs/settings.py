@@ -14,12 +14,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import Refusal
+from bot.modlog import post_modlog, where
 from bot.policy import (
     DEFAULT_COUNT,
     DEFAULT_GUIDANCE,
     DEFAULT_TEMPERATURE,
     ENABLED,
     MODERATION,
+    MODLOG_CHANNEL,
     NSFW_POLICY,
 )
 from bot.store import SCOPE_SETTING
@@ -48,6 +50,13 @@ class SettingsCog(
 
     async def _reply(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.response.send_message(text, ephemeral=True)
+
+    async def _changed(self, interaction: discord.Interaction, text: str) -> None:
+        """Answer a settings change, and tell the server's mod-log who changed what."""
+        await self._reply(interaction, text)
+        who = where(interaction.user.id, interaction.channel_id)
+        name = interaction.command.qualified_name if interaction.command else "settings"
+        await post_modlog(self.bot, interaction.guild_id, f"{who}: /{name}: {text}")
 
     @app_commands.command(name="show", description="Show this channel's effective settings")
     async def show(self, interaction: discord.Interaction) -> None:
@@ -81,7 +90,7 @@ class SettingsCog(
             guild_id=interaction.guild_id,
             actor_id=interaction.user.id,
         )
-        await self._reply(interaction, f"The bot is now {'on' if enabled else 'off'} in <#{target}>.")
+        await self._changed(interaction, f"The bot is now {'on' if enabled else 'off'} in <#{target}>.")
 
     @app_commands.command(name="scope", description="Who shares a conversation in a channel")
     @app_commands.describe(scope="user: each user has their own; shared: the whole channel shares one")
@@ -98,7 +107,7 @@ class SettingsCog(
         await self.bot.store.update_channel_settings(
             target, {SCOPE_SETTING: scope}, guild_id=interaction.guild_id, actor_id=interaction.user.id
         )
-        await self._reply(interaction, f"Conversations in <#{target}> are now {scope}.")
+        await self._changed(interaction, f"Conversations in <#{target}> are now {scope}.")
 
     @app_commands.command(name="nsfw", description="How NSFW prompts are handled on this server")
     @app_commands.choices(
@@ -115,7 +124,7 @@ class SettingsCog(
         note = ""
         if policy == "allow" and self.bot.config.access.nsfw_policy != "allow":
             note = f" (the bot's config is stricter: {self.bot.config.access.nsfw_policy} still applies)"
-        await self._reply(interaction, f"NSFW policy set to {policy}{note}.")
+        await self._changed(interaction, f"NSFW policy set to {policy}{note}.")
 
     @app_commands.command(name="moderation", description="Check generated images before they are posted")
     @app_commands.describe(
@@ -125,8 +134,25 @@ class SettingsCog(
         await self.bot.store.update_guild_settings(
             _guild_id(interaction), {MODERATION: enabled}, actor_id=interaction.user.id
         )
-        where = "in channels not marked NSFW" if enabled else ""
-        await self._reply(interaction, f"The image filter is now {'on ' + where if enabled else 'off'}.")
+        state = "on in channels not marked NSFW" if enabled else "off"
+        await self._changed(interaction, f"The image filter is now {state}.")
+
+    @app_commands.command(name="modlog", description="Where refusals, moderation hits and admin actions go")
+    @app_commands.describe(channel="The mod-log channel (leave empty to stop posting there)")
+    async def modlog(
+        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
+    ) -> None:
+        guild_id = _guild_id(interaction)
+        if channel is None:
+            await self.bot.store.update_guild_settings(
+                guild_id, {MODLOG_CHANNEL: None}, actor_id=interaction.user.id
+            )
+            await self._reply(interaction, "The mod-log is off: nothing is posted to a channel any more.")
+            return
+        await self.bot.store.update_guild_settings(
+            guild_id, {MODLOG_CHANNEL: channel.id}, actor_id=interaction.user.id
+        )
+        await self._changed(interaction, f"The mod-log is now <#{channel.id}>.")
 
     @app_commands.command(name="defaults", description="Server defaults for /imagine")
     async def defaults(
@@ -155,7 +181,7 @@ class SettingsCog(
         await self.bot.store.update_guild_settings(
             _guild_id(interaction), changes, actor_id=interaction.user.id
         )
-        await self._reply(
+        await self._changed(
             interaction, "Defaults updated: " + ", ".join(f"{k}={v}" for k, v in changes.items())
         )
 

@@ -33,6 +33,7 @@ DEFAULT_COUNT = "default_count"
 DEFAULT_GUIDANCE = "default_guidance"
 DEFAULT_TEMPERATURE = "default_temperature"
 MODERATION = "moderation"
+MODLOG_CHANNEL = "modlog_channel_id"
 
 
 @dataclass(frozen=True)

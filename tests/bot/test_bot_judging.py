@@ -111,3 +111,37 @@ async def test_moderation_withholds_flagged_images_and_logs_it(world: BotWorld) 
         assert len(unchecked.attachments) == 1
     finally:
         _set_moderation(world, enabled=False, threshold=0.5)
+
+
+async def test_the_mod_log_gets_refusals_moderation_hits_and_admin_actions(world: BotWorld) -> None:
+    emu = world.emu
+    modlog = emu.add_channel(world.guild, "mod-log")
+    chosen = await emu.slash(world.manager, world.general, "settings modlog", options={"channel": modlog})
+    await chosen.wait_response()
+    assert not chosen.failed, chosen.failure
+
+    def lines() -> list[str]:
+        return [m.content for m in emu.bot_messages(modlog)]
+
+    await emu.wait_for(lambda: any("The mod-log is now" in line for line in lines()), timeout=10)
+    vic = world.user("vic")
+    refused = await world.run(vic, world.general, "imagine", prompt="something forbidden here")
+    assert "does not accept" in refused.original.content
+    line = await emu.wait_for(lambda: next((x for x in lines() if "BlockedPrompt" in x), None), timeout=10)
+    assert f"<@{vic.id}>" in line and "/imagine refused" in line and "forbidden" not in line  # not echoed
+    await world.run(world.manager, world.general, "settings moderation", enabled=True)  # the earlier test
+    _set_moderation(world, threshold=0.0)  # turned it off for this server
+    try:
+        itx = await world.run(vic, world.general, "imagine", prompt="a calm sea")
+        await world.final(itx, lambda m: "withheld" in m.content, timeout=90)
+        await emu.wait_for(lambda: any("image filter withheld 1 of 1" in x for x in lines()), timeout=10)
+    finally:
+        _set_moderation(world, enabled=False, threshold=0.5)
+    await world.run(world.manager, world.general, "settings nsfw", policy="block")
+    await emu.wait_for(lambda: any("NSFW policy set to block" in x for x in lines()), timeout=10)
+    assert all(not m.pings.everyone and not m.pings.users for m in emu.bot_messages(modlog))
+    await world.run(world.manager, world.general, "settings modlog")  # off again
+    before = len(lines())
+    await world.run(vic, world.general, "imagine", prompt="forbidden again")
+    await world.run(world.manager, world.general, "settings nsfw", policy="nsfw_channels_only")
+    assert len(lines()) == before
