@@ -43,6 +43,7 @@ COG_MODULES = (
     "bot.cogs.describe",
     "bot.cogs.chat",
     "bot.cogs.jobs",
+    "bot.cogs.quota",
     "bot.cogs.settings",
     "bot.cogs.admin",
     "bot.cogs.help",

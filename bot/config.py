@@ -177,6 +177,12 @@ class LimitsSection:
     chat_cooldown_s: float = setting(2.0, lo=0.0, hi=86_400.0)
     images_per_user_per_day: int = setting(100, lo=0)  # 0 = unlimited
     messages_per_user_per_day: int = setting(500, lo=0)  # 0 = unlimited
+    # Members with any of these roles get their daily caps multiplied (patrons, moderators).
+    trusted_roles: tuple[int, ...] = ()
+    trusted_cap_multiplier: float = setting(5.0, lo=1.0, hi=1000.0)
+    # A whole server's uses per UTC day, on top of each member's own cap (0 = unlimited).
+    images_per_server_per_day: int = setting(0, lo=0)
+    messages_per_server_per_day: int = setting(0, lo=0)
 
 
 @dataclass(frozen=True)

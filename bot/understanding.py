@@ -259,7 +259,9 @@ async def answer_interaction(
     if not text and not attachments:
         raise Refusal("Ask me something (or attach an image).")
     check_attachments(attachments, bot.config.understanding)
-    reservation = await bot.limiter.reserve(who.user_id, CHAT)  # atomic in the database
+    reservation = await bot.limiter.reserve(  # atomic in the database
+        who.user_id, CHAT, roles=who.role_ids, guild_id=who.guild_id
+    )
     try:
         submitted, q = await _download_and_submit(bot, interaction, who, settings, text, attachments, kind)
     except BaseException:

@@ -92,7 +92,9 @@ class ChatCog(commands.Cog):
             settings = await bot.access.admit(who)
             text = check_question(bot, who, settings, text)
             check_attachments(message.attachments, bot.config.understanding)
-            reservation = await bot.limiter.reserve(who.user_id, CHAT)  # atomic in the database
+            reservation = await bot.limiter.reserve(  # atomic in the database
+                who.user_id, CHAT, roles=who.role_ids, guild_id=who.guild_id
+            )
             async with message.channel.typing():
                 images = await read_images(message.attachments, bot.config.understanding)
             conversation = replied if isinstance(replied, ConversationRef) else None

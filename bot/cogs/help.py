@@ -29,7 +29,9 @@ class HelpCog(commands.Cog):
                 "`/chat message [image]`, @mention me, or reply to my answer — a conversation I remember.",
                 "`/history [export]` — what I remember of you · `/forget` — delete it.",
                 "`/queue` — your jobs, positions and ETAs · `/cancel` — stop them.",
-                "`/settings` — server managers: channels, conversation scope, NSFW policy, defaults.",
+                "`/quota` — the images and messages you have left today.",
+                "`/settings` — server managers: channels, conversation scope, NSFW policy, image filter, "
+                "mod-log, defaults.",
                 "",
                 f"Limits: {c.limits.imagine_cooldown_s:g}s between /imagine,"
                 f" {c.limits.images_per_user_per_day or '∞'} images and"

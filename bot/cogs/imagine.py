@@ -154,7 +154,9 @@ class ImagineCog(commands.Cog):
         seed = seed if seed is not None else random.randint(0, MAX_SEED)
         params = ImagineParams(count, guidance, temperature, parent_job, negative_prompt, best_of, moderate)
         # atomic in the database; every candidate counts
-        reservation = await bot.limiter.reserve(who.user_id, IMAGINE, params.drawn)
+        reservation = await bot.limiter.reserve(
+            who.user_id, IMAGINE, params.drawn, roles=who.role_ids, guild_id=who.guild_id
+        )
         try:
             await self._submit(interaction, who, prompt, params, seed)
         except BaseException:

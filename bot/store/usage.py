@@ -95,6 +95,21 @@ class UsageMixin(StoreBase):
             ).first()
         return 0 if row is None or row.day != now.date().isoformat() else int(row.used)
 
+    async def usage_of(self, user_id: int, action: str, *, now: datetime) -> tuple[int, datetime | None]:
+        """Uses of ``action`` on the UTC day of ``now`` and the time of the last one (for /quota)."""
+        async with self._query() as conn:
+            row = (
+                await conn.execute(
+                    select(Usage.day, Usage.used, Usage.last_at).where(
+                        Usage.user_id == user_id, Usage.action == action
+                    )
+                )
+            ).first()
+        if row is None:
+            return 0, None
+        used = int(row.used) if row.day == now.date().isoformat() else 0
+        return used, row.last_at
+
     async def reset_cooldown(self, user_id: int, action: str) -> None:
         """Let the user act again at once (an admin's or a test's lever); the daily count stays."""
         async with self._write() as conn:

@@ -119,8 +119,28 @@ async def test_cooldown_and_daily_cap(world: BotWorld) -> None:
         await world.final(first, is_result)
         jobs = await finished_jobs(world.bot, user.id, 1)
         assert len(jobs) == 1  # refusals recorded no jobs
+        quota = await world.run(user, world.general, "quota")
+        assert "Images today: 2 of 3 used, 1 left" in quota.original.content and quota.ephemeral
+        assert "Messages today: 0 of 500 used" in quota.original.content
     finally:
         world.set_limits(imagine_cooldown_s=0.0, images_per_user_per_day=100)
+
+
+async def test_a_server_cap_and_a_trusted_role_in_quota(world: BotWorld) -> None:
+    emu = world.emu
+    patrons = emu.add_role(world.guild, "patrons")
+    patron, plain = emu.add_user("pol-patron"), world.user("pol-plain")
+    emu.add_member(world.guild, patron, roles=[patrons])
+    world.set_limits(images_per_user_per_day=2, trusted_roles=(patrons.id,), images_per_server_per_day=4)
+    try:
+        drawn = await world.run(patron, world.general, "imagine", prompt="a hill", count=4)  # 2 x 5 for her
+        await world.final(drawn, is_result)
+        refused = await world.run(plain, world.general, "imagine", prompt="a hill")
+        await _refused(world, refused, "This server has reached today's limit of 4 images")
+        quota = await world.run(patron, world.general, "quota")
+        assert "Images today: 4 of 10 used, 6 left · this server: 4 of 4" in quota.original.content
+    finally:
+        world.set_limits(images_per_user_per_day=100, trusted_roles=(), images_per_server_per_day=0)
 
 
 async def test_two_requests_fired_at_once_cannot_both_pass_the_cooldown(world: BotWorld) -> None:

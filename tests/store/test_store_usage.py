@@ -85,3 +85,33 @@ async def test_two_processes_at_once_never_pass_together(
     passed = [o for o in outcomes if not isinstance(o, BaseException)]
     refused = [o for o in outcomes if isinstance(o, CooldownActive | DailyCapReached)]
     assert len(passed) == granted and len(refused) == 20 - granted, outcomes
+
+
+async def test_trusted_roles_get_larger_caps_and_a_server_cap_holds_for_everyone(store: Store) -> None:
+    now = [START]
+    limits = LimitsSection(
+        imagine_cooldown_s=0,
+        images_per_user_per_day=2,
+        trusted_roles=(77,),
+        trusted_cap_multiplier=3.0,
+        images_per_server_per_day=7,
+    )
+    limiter = UsageLimiter(limits, store, clock=lambda: now[0])
+    guild = 5000
+    with pytest.raises(DailyCapReached, match="limit of 2 images"):
+        await limiter.reserve(1, IMAGINE, 3, guild_id=guild)  # a plain member: 2 a day
+    patron = await limiter.reserve(2, IMAGINE, 6, roles=frozenset({77, 8}), guild_id=guild)  # 2 x 3
+    assert patron.server is not None and patron.server.amount == 6
+    # The server has 1 left of 7: a member still under their own cap is refused by the server's.
+    with pytest.raises(DailyCapReached, match="This server has reached today's limit of 7 images"):
+        await limiter.reserve(3, IMAGINE, 2, guild_id=guild)
+    assert await limiter.used_today(3, IMAGINE) == 0  # the member's own use was given back
+    await limiter.reserve(3, IMAGINE, 1, guild_id=guild)
+    quota = await limiter.quota(3, IMAGINE, guild_id=guild)
+    assert (quota.used, quota.cap, quota.server_used, quota.server_cap) == (1, 2, 7, 7)
+    assert (await limiter.quota(2, IMAGINE, roles=frozenset({77}))).cap == 6
+    await limiter.reserve(4, IMAGINE, 2, guild_id=guild + 1)  # another server counts apart
+    await limiter.release(patron)  # gives back both counts
+    assert (await limiter.quota(3, IMAGINE, guild_id=guild)).server_used == 1
+    now[0] += timedelta(days=1)
+    assert (await limiter.quota(3, IMAGINE, guild_id=guild)).server_used == 0
