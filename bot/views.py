@@ -33,6 +33,8 @@ class ImagineActions(Protocol):
     async def open_edit_modal(self, interaction: Interaction, job_id: str) -> None: ...
     async def submit_edited(self, interaction: Interaction, job_id: str, prompt: str) -> None: ...
     async def delete_result(self, interaction: Interaction, job_id: str) -> None: ...
+    async def show_info(self, interaction: Interaction, job_id: str) -> None: ...
+    async def vary(self, interaction: Interaction, job_id: str, index: int) -> None: ...
 
 
 @runtime_checkable
@@ -134,6 +136,42 @@ class DeleteButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus
         await imagine_actions(interaction).delete_result(interaction, self.job_id)
 
 
+class InfoButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:info:{_JOB}"):
+    action, label = "info", "Info"
+
+    async def run(self, interaction: Interaction) -> None:
+        await imagine_actions(interaction).show_info(interaction, self.job_id)
+
+
+class VaryButton(ui.DynamicItem[ui.Button[Any]], template=rf"janus:vary:{_JOB}:(?P<index>\d{{1,2}})"):
+    """A new single image from the same prompt and settings, with a seed next to that image's."""
+
+    def __init__(self, job_id: str, index: int, *, label: str = "Vary", row: int | None = None) -> None:
+        super().__init__(
+            ui.Button(
+                label=label,
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"janus:vary:{job_id}:{index}",
+                row=row,
+            )
+        )
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
+        return cls(match["job"], int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        itx: Interaction = interaction
+        try:
+            await imagine_actions(itx).vary(itx, self.job_id, self.index)
+        except Exception as exc:
+            await itx.client.report_error(itx, exc)
+
+
 class DescribeButton(ui.DynamicItem[ui.Button[Any]], template=rf"janus:describe:{_JOB}:(?P<index>\d{{1,2}})"):
     """Ask Janus about one generated image; the image is read back from the message the button sits on."""
 
@@ -179,16 +217,24 @@ def retry_view(job_id: str) -> ui.View:
 
 
 def result_view(job_id: str, n_images: int) -> ui.View:
-    """Shown under finished images: Re-roll, Edit prompt, Delete, and one Describe per image."""
+    """Shown under finished images: Re-roll, Edit prompt, Delete, Info, then per image a Describe and a
+    Vary (a nearby seed), like Midjourney's U/V rows: at most 5 buttons a row, 5 rows (10 images)."""
     view = ui.View(timeout=None)
     view.add_item(RerollButton(job_id, row=0))
     view.add_item(EditPromptButton(job_id, row=0))
     view.add_item(DeleteButton(job_id, row=0))
+    view.add_item(InfoButton(job_id, row=0))
     if n_images == 1:
         view.add_item(DescribeButton(job_id, 0, row=0))
-    else:
-        for i in range(min(n_images, 10)):
-            view.add_item(DescribeButton(job_id, i, label=f"Describe {i + 1}", row=1 + i // 5))
+        view.add_item(VaryButton(job_id, 0, row=1))
+        return view
+    n = min(n_images, 10)
+    per_row = 5
+    rows_each = -(-n // per_row)
+    for i in range(n):
+        view.add_item(DescribeButton(job_id, i, label=f"Describe {i + 1}", row=1 + i // per_row))
+    for i in range(n):
+        view.add_item(VaryButton(job_id, i, label=f"Vary {i + 1}", row=1 + rows_each + i // per_row))
     return view
 
 

@@ -33,7 +33,9 @@ from bot.views import (
     DeleteButton,
     EditPromptButton,
     EditPromptModal,
+    InfoButton,
     RerollButton,
+    VaryButton,
     edit_modal_submission,
     progress_view,
     result_view,
@@ -58,7 +60,8 @@ MAX_SEED = 2**31 - 1
 _T = TypeVar("_T", int, float)
 
 
-_BUTTONS = (RerollButton, EditPromptButton, DeleteButton)
+_BUTTONS = (RerollButton, EditPromptButton, DeleteButton, InfoButton, VaryButton)
+LINEAGE_DEPTH = 5  # how far Info follows "re-rolled from"
 
 
 class ImagineCog(commands.Cog):
@@ -240,6 +243,50 @@ class ImagineCog(commands.Cog):
             parent_job=job.id,
             negative_prompt=p.negative_prompt,
             best_of=p.best_of,
+        )
+
+    async def vary(self, interaction: discord.Interaction, job_id: str, index: int) -> None:
+        """One new image of that image's prompt and settings, with the seed next to the job's (Janus has
+        no image-to-image: a variation is the same request a step away in seed)."""
+        job = await self._job(job_id)
+        p = ImagineParams.of(job)
+        base = job.seed if job.seed is not None else 0
+        await self.start(
+            interaction,
+            prompt=job.prompt,
+            count=1,
+            guidance=p.guidance,
+            temperature=p.temperature,
+            seed=(base + 1 + index) % (MAX_SEED + 1),
+            parent_job=job.id,
+            negative_prompt=p.negative_prompt,
+        )
+
+    async def show_info(self, interaction: discord.Interaction, job_id: str) -> None:
+        """Everything that made these images (ephemeral): prompt, negative, seed, guidance, temperature,
+        count, best-of, and the jobs it was re-rolled or varied from."""
+        job = await self._job(job_id)
+        p = ImagineParams.of(job)
+        lines = [f"Prompt: {quote_prompt(job.prompt, 500)}"]
+        if p.negative_prompt:
+            lines.append(f"Negative: {quote_prompt(p.negative_prompt, 300)}")
+        drawn = plural(p.count, "image") + (f" (best of {p.best_of})" if p.best_of else "")
+        lines.append(f"Seed {job.seed} · guidance {p.guidance:g} · temperature {p.temperature:g} · {drawn}")
+        lineage: list[str] = []
+        parent = p.parent_job
+        while parent and len(lineage) < LINEAGE_DEPTH:
+            record = await self.bot.store.get_job(parent)
+            if record is None:
+                lineage.append(f"`{parent}` (no longer stored)")
+                break
+            lineage.append(f"`{record.id}` {quote_prompt(record.prompt, 60)} (seed {record.seed})")
+            parent = ImagineParams.of(record).parent_job if record.kind == JobKind.IMAGINE else None
+        if lineage:
+            lines.append("From: " + " ← ".join(lineage))
+        made = int(job.created_at.timestamp())
+        lines.append(f"Job `{job.id}` by <@{job.user_id}>, <t:{made}:R> · {job.status.value}")
+        await interaction.response.send_message(
+            "\n".join(lines)[:2000], ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
 
     async def open_edit_modal(self, interaction: discord.Interaction, job_id: str) -> None:

@@ -26,8 +26,11 @@ async def test_imagine_shows_progress_then_images_with_buttons(world: BotWorld) 
         f"janus:reroll:{job_id}",
         f"janus:edit:{job_id}",
         f"janus:delete:{job_id}",
+        f"janus:info:{job_id}",
         f"janus:describe:{job_id}:0",
         f"janus:describe:{job_id}:1",
+        f"janus:vary:{job_id}:0",
+        f"janus:vary:{job_id}:1",
     }
     assert "seed 7" in msg.content and "a red fox" in msg.content
     # The echoed prompt cannot ping anyone.
@@ -201,3 +204,29 @@ async def test_a_negative_prompt_reaches_the_engine_changes_the_images_and_survi
     assert "negative prompt contains something" in refused.original.content
     nsfw_words = await world.run(nia, world.general, "imagine", prompt="a boat", negative="nudity, explicit")
     await world.final(nsfw_words, is_result)
+
+
+async def test_vary_draws_one_image_a_seed_away_and_info_shows_its_lineage(world: BotWorld) -> None:
+    emu = world.emu
+    ula = world.user("ula")
+    itx = await world.run(
+        ula, world.general, "imagine", prompt="a paper crane", count=2, seed=40, negative="ink"
+    )
+    msg = await world.final(itx, is_result)
+    job_id = msg.custom_ids()[0].split(":")[2]
+    press = await emu.press_button(ula, msg, f"janus:vary:{job_id}:1")
+    await press.wait_response()
+    varied = await world.final(press, is_result)
+    assert len(varied.attachments) == 1
+    sent = world.submitted[-1]
+    assert (sent.n_images, sent.seed, sent.negative_prompt) == (1, 42, "ink")  # seed 40, image 2: 40 + 2
+    assert varied.attachments[0].data not in [a.data for a in msg.attachments]
+    varied_id = varied.custom_ids()[0].split(":")[2]
+
+    info = await emu.press_button(ula, varied, f"janus:info:{varied_id}")
+    await info.wait_response()
+    text = info.original.content
+    assert info.ephemeral and "Prompt: " in text and "a paper crane" in text and "Negative: " in text
+    assert "Seed 42 · guidance 5 · temperature 1 · 1 image" in text
+    assert f"From: `{job_id}`" in text and "(seed 40)" in text
+    assert not info.original.pings.users  # names the requester without pinging
