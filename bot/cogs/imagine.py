@@ -12,6 +12,7 @@ any old message after any restart.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -28,7 +29,8 @@ from bot.judging import match_question, yes_probabilities
 from bot.limits import IMAGINE
 from bot.modlog import post_modlog, where
 from bot.policy import Requester, check_negative_prompt, check_prompt
-from bot.store import ImagineParams, JobKind, JobRecord, JobStatus
+from bot.prompt_craft import enhance_prompt
+from bot.store import ImagineParams, JobKind, JobRecord, JobStatus, ServerSettings
 from bot.views import (
     DeleteButton,
     EditPromptButton,
@@ -83,6 +85,7 @@ class ImagineCog(commands.Cog):
         seed="Seed for reproducible results",
         negative="What the images should not show (e.g. blurry, text, watermark)",
         best_of="Draw this many candidates and post the best ones, as Janus itself judges them",
+        enhance="Let Janus rewrite your prompt into a detailed one first (shown with the images)",
     )
     async def imagine(
         self,
@@ -94,6 +97,7 @@ class ImagineCog(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         negative: app_commands.Range[str, 1, 4000] | None = None,
         best_of: app_commands.Range[int, 2, 16] | None = None,
+        enhance: bool = False,
     ) -> None:
         await self.start(
             interaction,
@@ -104,6 +108,7 @@ class ImagineCog(commands.Cog):
             seed=seed,
             negative_prompt=negative or "",
             best_of=best_of or 0,
+            enhance=enhance,
         )
 
     # ---- the shared flow (command, Re-roll, Edit prompt) ---------------------------------------------
@@ -120,6 +125,8 @@ class ImagineCog(commands.Cog):
         parent_job: str | None = None,
         negative_prompt: str = "",
         best_of: int = 0,
+        enhance: bool = False,
+        enhanced_from: str = "",
     ) -> None:
         bot = self.bot
         who = bot.access.requester(interaction)
@@ -155,12 +162,16 @@ class ImagineCog(commands.Cog):
                 raise Refusal(f"best_of must be more than count ({count}) and at most {limit}.")
         moderate = bool(_or(settings.moderation, bot.config.moderation.enabled)) and not who.channel_nsfw
         seed = seed if seed is not None else random.randint(0, MAX_SEED)
-        params = ImagineParams(count, guidance, temperature, parent_job, negative_prompt, best_of, moderate)
+        params = ImagineParams(
+            count, guidance, temperature, parent_job, negative_prompt, best_of, moderate, enhanced_from
+        )
         # atomic in the database; every candidate counts
         reservation = await bot.limiter.reserve(
             who.user_id, IMAGINE, params.drawn, roles=who.role_ids, guild_id=who.guild_id
         )
         try:
+            if enhance:
+                prompt, params = await self._enhance(interaction, who, settings, prompt, params)
             await self._submit(interaction, who, prompt, params, seed)
         except BaseException:
             await bot.limiter.release(reservation)  # refused or failed before the engine took it
@@ -201,7 +212,8 @@ class ImagineCog(commands.Cog):
             await bot.store.finish_job(job.id, JobStatus.FAILED, error=exc.user_message)
             raise
         try:
-            await interaction.response.defer(thinking=True)
+            if not interaction.response.is_done():  # enhance answered (deferred) already
+                await interaction.response.defer(thinking=True)
         except Exception:  # Discord gave up on this interaction (or the network did): nobody would see it
             await bot.engine.cancel(job.id)
             await bot.store.finish_job(
@@ -243,7 +255,28 @@ class ImagineCog(commands.Cog):
             parent_job=job.id,
             negative_prompt=p.negative_prompt,
             best_of=p.best_of,
+            enhanced_from=p.enhanced_from,  # the rewrite is reused, not asked for again
         )
+
+    async def _enhance(
+        self,
+        interaction: discord.Interaction,
+        who: Requester,
+        settings: ServerSettings,
+        prompt: str,
+        params: ImagineParams,
+    ) -> tuple[str, ImagineParams]:
+        """Defer (the rewrite takes longer than Discord's 3 seconds), show that Janus is at work, and
+        return the rewritten prompt, checked like a typed one, with the original kept in the params."""
+        await interaction.response.defer(thinking=True)
+        interaction.extras["public_defer"] = True
+        await interaction.edit_original_response(
+            content=f"<@{who.user_id}>: {quote_prompt(prompt)}\nJanus is writing a detailed prompt…",
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        rewrite = await enhance_prompt(self.bot, prompt, user_id=who.user_id)
+        check_prompt(self.bot.config.access, who, settings, rewrite)
+        return rewrite, dataclasses.replace(params, enhanced_from=prompt)
 
     async def vary(self, interaction: discord.Interaction, job_id: str, index: int) -> None:
         """One new image of that image's prompt and settings, with the seed next to the job's (Janus has
@@ -260,6 +293,7 @@ class ImagineCog(commands.Cog):
             seed=(base + 1 + index) % (MAX_SEED + 1),
             parent_job=job.id,
             negative_prompt=p.negative_prompt,
+            enhanced_from=p.enhanced_from,
         )
 
     async def show_info(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -270,6 +304,8 @@ class ImagineCog(commands.Cog):
         lines = [f"Prompt: {quote_prompt(job.prompt, 500)}"]
         if p.negative_prompt:
             lines.append(f"Negative: {quote_prompt(p.negative_prompt, 300)}")
+        if p.enhanced_from:
+            lines.append(f"Enhanced by Janus from: {quote_prompt(p.enhanced_from, 300)}")
         drawn = plural(p.count, "image") + (f" (best of {p.best_of})" if p.best_of else "")
         lines.append(f"Seed {job.seed} · guidance {p.guidance:g} · temperature {p.temperature:g} · {drawn}")
         lineage: list[str] = []
@@ -384,6 +420,8 @@ class _ImageRender:
         text = f"{self.header}\nseed {result.seed} · guidance {p.guidance:g} · temperature {p.temperature:g}"
         if p.negative_prompt:
             text += f"\nnegative: {quote_prompt(p.negative_prompt, 200)}"
+        if p.enhanced_from:
+            text += f"\nenhanced by Janus from: {quote_prompt(p.enhanced_from, 200)}"
         text += "".join(f"\n{note}" for note in notes)
         ids = await self.outlet.final(text, files=files, view=result_view(job.id, len(files)), ping=True)
         self.delivered = True

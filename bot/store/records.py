@@ -208,6 +208,7 @@ class ImagineParams:
     negative_prompt: str = ""  # what the images should not show ("" = none); Re-roll and Edit keep it
     best_of: int = 0  # > count: this many candidates drawn, the best ``count`` posted (0 = no ranking)
     moderate: bool = False  # the images are checked by the moderation question before they are posted
+    enhanced_from: str = ""  # the user's own prompt when Janus rewrote it (enhance); the job's is the rewrite
 
     @classmethod
     def of(cls, job: JobRecord) -> ImagineParams:
@@ -220,6 +221,7 @@ class ImagineParams:
             negative_prompt=str(p.get("negative_prompt") or ""),
             best_of=int(p.get("best_of") or 0),
             moderate=bool(p.get("moderate", False)),
+            enhanced_from=str(p.get("enhanced_from") or ""),
         )
 
     def as_params(self) -> dict[str, Any]:
@@ -237,6 +239,8 @@ class ImagineParams:
             params["best_of"] = self.best_of
         if self.moderate:
             params["moderate"] = True
+        if self.enhanced_from:
+            params["enhanced_from"] = self.enhanced_from
         return params
 
     @property

@@ -230,3 +230,33 @@ async def test_vary_draws_one_image_a_seed_away_and_info_shows_its_lineage(world
     assert "Seed 42 · guidance 5 · temperature 1 · 1 image" in text
     assert f"From: `{job_id}`" in text and "(seed 40)" in text
     assert not info.original.pings.users  # names the requester without pinging
+
+
+async def test_enhance_has_janus_rewrite_the_prompt_shown_stored_and_reused_by_reroll(
+    world: BotWorld,
+) -> None:
+    from janus_engine.protocol import GenerateRequest, UnderstandRequest
+
+    emu = world.emu
+    eli = world.user("eli")
+    before = len(world.submitted)
+    itx = await world.run(eli, world.general, "imagine", prompt="a lighthouse", enhance=True, seed=3)
+    assert itx.deferred  # the rewrite takes longer than Discord's 3 seconds
+    msg = await world.final(itx, is_result, timeout=90)
+    asked = world.submitted[before:]
+    rewrite_request, drawn = asked[0], asked[-1]
+    assert isinstance(rewrite_request, UnderstandRequest) and "a lighthouse" in rewrite_request.turns[-1].text
+    assert isinstance(drawn, GenerateRequest) and drawn.prompt != "a lighthouse" and len(drawn.prompt) >= 3
+    job_id = msg.custom_ids()[0].split(":")[2]
+    job = await world.bot.store.get_job(job_id)
+    assert job.prompt == drawn.prompt and job.params["enhanced_from"] == "a lighthouse"
+    assert "enhanced by Janus from: " in msg.content and "a lighthouse" in msg.content
+    assert any("Janus is writing a detailed prompt" in (r.content or "") for r in msg.revisions)
+
+    mark = len(world.submitted)
+    press = await emu.press_button(eli, msg, f"janus:reroll:{job_id}")
+    await press.wait_response()
+    await world.final(press, is_result, timeout=60)
+    again = world.submitted[mark:]
+    assert [type(r).__name__ for r in again] == ["GenerateRequest"]  # no second rewrite
+    assert again[0].prompt == drawn.prompt

@@ -311,3 +311,12 @@ async def test_progress_shows_the_newest_state_at_most_once_per_interval() -> No
     await progress.close()
     await asyncio.sleep(0.3)
     assert [c for _, c, _ in outlet.shown] == ["queued 3", "queued 1", "running 50%"]
+
+
+def test_a_rewritten_prompt_is_cleaned_to_one_line_within_the_limit() -> None:
+    from bot.prompt_craft import clean_rewrite
+
+    raw = 'New prompt:  "A tall\x1b[31m red\x00 lighthouse\non a cliff at dusk, oil painting"  '
+    assert clean_rewrite(raw, 200) == "A tall red lighthouse on a cliff at dusk, oil painting"
+    assert clean_rewrite("one two three four", 12) == "one two"  # cut at a word boundary
+    assert clean_rewrite("\x07\x1b[0m  ", 50) == ""
