@@ -52,3 +52,30 @@ async def enhance_prompt(bot: JanusBot, prompt: str, *, user_id: int) -> str:
     if len(rewrite) < 3:
         raise Refusal("Janus could not improve this prompt; try again without enhance.")
     return rewrite
+
+
+IMAGE_PROMPT_QUESTION = (
+    "Write one prompt an image generator could use to draw this picture: the subject, the setting and "
+    "the style, in one sentence. Answer with the prompt only."
+)
+CANDIDATES = 4
+
+
+async def prompts_for_image(bot: JanusBot, image: bytes, *, user_id: int, n: int = CANDIDATES) -> list[str]:
+    """Up to ``n`` different prompts Janus proposes for ``image`` (Midjourney's /describe): the same
+    question sampled with ``n`` seeds, cleaned like a rewrite, duplicates dropped."""
+    found: list[str] = []
+    for seed in range(1, n + 1):
+        request = UnderstandRequest(
+            f"prompts-{uuid.uuid4().hex}",
+            (Turn("user", IMAGE_PROMPT_QUESTION, (image,)),),
+            TextSampling(temperature=0.9, top_p=0.95, max_new_tokens=ENHANCE_TOKENS, seed=seed),
+        )
+        result = await (await bot.engine.submit(request, user_id=str(user_id))).result()
+        assert isinstance(result, UnderstandResult)
+        text = clean_rewrite(result.text, bot.config.generation.max_prompt_chars)
+        if len(text) >= 3 and text.casefold() not in {f.casefold() for f in found}:
+            found.append(text)
+    if not found:
+        raise Refusal("Janus could not put this image into words; try /describe without prompts.")
+    return found

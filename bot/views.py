@@ -34,6 +34,7 @@ class ImagineActions(Protocol):
     async def submit_edited(self, interaction: Interaction, job_id: str, prompt: str) -> None: ...
     async def delete_result(self, interaction: Interaction, job_id: str) -> None: ...
     async def show_info(self, interaction: Interaction, job_id: str) -> None: ...
+    async def imagine_proposed(self, interaction: Interaction, job_id: str, index: int) -> None: ...
     async def vary(self, interaction: Interaction, job_id: str, index: int) -> None: ...
 
 
@@ -170,6 +171,44 @@ class VaryButton(ui.DynamicItem[ui.Button[Any]], template=rf"janus:vary:{_JOB}:(
             await imagine_actions(itx).vary(itx, self.job_id, self.index)
         except Exception as exc:
             await itx.client.report_error(itx, exc)
+
+
+class ProposedPromptButton(
+    ui.DynamicItem[ui.Button[Any]], template=rf"janus:propose:{_JOB}:(?P<index>\d{{1,2}})"
+):
+    """/imagine one of the prompts /describe prompts:True proposed (read back from that job's record)."""
+
+    def __init__(self, job_id: str, index: int, *, row: int | None = None) -> None:
+        super().__init__(
+            ui.Button(
+                label=f"Imagine {index + 1}",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"janus:propose:{job_id}:{index}",
+                row=row,
+            )
+        )
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
+        return cls(match["job"], int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        itx: Interaction = interaction
+        try:
+            await imagine_actions(itx).imagine_proposed(itx, self.job_id, self.index)
+        except Exception as exc:
+            await itx.client.report_error(itx, exc)
+
+
+def proposals_view(job_id: str, n: int) -> ui.View:
+    view = ui.View(timeout=None)
+    for i in range(n):
+        view.add_item(ProposedPromptButton(job_id, i))
+    return view
 
 
 class DescribeButton(ui.DynamicItem[ui.Button[Any]], template=rf"janus:describe:{_JOB}:(?P<index>\d{{1,2}})"):

@@ -70,6 +70,7 @@ RECONNECT_S = 2.0  # how often a bot that lost the service looks for it again
 # A bot's calls are made while a Discord interaction waits (3 s for the first answer): one that takes
 # longer than this is given up, and the user hears so, rather than the interaction failing unanswered.
 CALL_TIMEOUT_S = 2.0
+CLIENT_ATTEMPTS = 3  # tries at starting a Ray client session (ray://) before giving up
 Refusal = tuple[str, str]  # (JanusError class name, the message a user reads)
 
 NOT_REACHABLE = "The image engine is not reachable right now; please try again in a minute."
@@ -349,20 +350,29 @@ def _join_as_client(address: str) -> None:
     """Join the cluster the service runs on ("" = this machine's cluster, as "auto")."""
     if ray.is_initialized():
         return
-    try:
-        ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False)
-    except Exception as exc:  # no cluster at that address: one line, not Ray's traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ""
-        if address.startswith("ray://") and os.environ.get("RAY_AUTH_MODE") != "token":
-            hint = (
-                " (a Ray client sends the cluster's token only with RAY_AUTH_MODE=token in its environment"
-                " and the token in ~/.ray/auth_token)"
-            )
-        raise ModelNotAvailable(
-            f"Could not reach the Ray cluster at {address or 'auto'} to find the engine service: "
-            f"{first}{hint}"
-        ) from None
+    attempts = CLIENT_ATTEMPTS if address.startswith("ray://") else 1
+    first = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:  # no cluster at that address: one line, not Ray's traceback
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if attempt == attempts or "Initialization failure from server" not in first:
+            break
+        # Ray's client server starts one "specific server" process per client; on a busy host that
+        # start fails now and then (seen in CI): another try gets a fresh one.
+        log.warning("Ray client session at %s did not start (%s); trying again", address, first)
+        time.sleep(2.0 * attempt)
+    hint = ""
+    if address.startswith("ray://") and os.environ.get("RAY_AUTH_MODE") != "token":
+        hint = (
+            " (a Ray client sends the cluster's token only with RAY_AUTH_MODE=token in its environment"
+            " and the token in ~/.ray/auth_token)"
+        )
+    raise ModelNotAvailable(
+        f"Could not reach the Ray cluster at {address or 'auto'} to find the engine service: {first}{hint}"
+    )
 
 
 def probe_service(name: str, address: str) -> str:

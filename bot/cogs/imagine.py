@@ -36,6 +36,7 @@ from bot.views import (
     EditPromptButton,
     EditPromptModal,
     InfoButton,
+    ProposedPromptButton,
     RerollButton,
     VaryButton,
     edit_modal_submission,
@@ -62,7 +63,7 @@ MAX_SEED = 2**31 - 1
 _T = TypeVar("_T", int, float)
 
 
-_BUTTONS = (RerollButton, EditPromptButton, DeleteButton, InfoButton, VaryButton)
+_BUTTONS = (RerollButton, EditPromptButton, DeleteButton, InfoButton, VaryButton, ProposedPromptButton)
 LINEAGE_DEPTH = 5  # how far Info follows "re-rolled from"
 
 
@@ -277,6 +278,14 @@ class ImagineCog(commands.Cog):
         rewrite = await enhance_prompt(self.bot, prompt, user_id=who.user_id)
         check_prompt(self.bot.config.access, who, settings, rewrite)
         return rewrite, dataclasses.replace(params, enhanced_from=prompt)
+
+    async def imagine_proposed(self, interaction: discord.Interaction, job_id: str, index: int) -> None:
+        """/imagine the ``index``-th prompt that /describe prompts:True proposed, by whoever presses."""
+        job = await self.bot.store.get_job(job_id)
+        prompts = job.params.get("prompts") if job is not None else None
+        if not prompts or not 0 <= index < len(prompts):
+            raise Refusal("These proposed prompts are no longer stored (they may have been forgotten).")
+        await self.start(interaction, prompt=str(prompts[index]))
 
     async def vary(self, interaction: discord.Interaction, job_id: str, index: int) -> None:
         """One new image of that image's prompt and settings, with the seed next to the job's (Janus has

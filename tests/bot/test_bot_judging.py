@@ -145,3 +145,34 @@ async def test_the_mod_log_gets_refusals_moderation_hits_and_admin_actions(world
     await world.run(vic, world.general, "imagine", prompt="forbidden again")
     await world.run(world.manager, world.general, "settings nsfw", policy="nsfw_channels_only")
     assert len(lines()) == before
+
+
+async def test_describe_proposes_prompts_with_buttons_that_imagine_them(world: BotWorld) -> None:
+    from discord_emulator import Upload
+    from tests.bot.bot_world import png_bytes
+
+    emu = world.emu
+    wes = world.user("wes")
+    itx = await world.run(
+        wes,
+        world.general,
+        "describe",
+        image=Upload("hill.png", png_bytes((30, 160, 40)), "image/png"),
+        prompts=True,
+    )
+    assert itx.deferred
+    msg = await world.final(itx, lambda m: "prompts Janus proposes" in m.content, timeout=90)
+    proposals = [line.split(". ", 1)[1] for line in msg.content.splitlines()[1:]]
+    assert 1 <= len(proposals) <= 4 and all(len(p) >= 3 for p in proposals)
+    ids = msg.custom_ids()
+    assert [i.rsplit(":", 1)[1] for i in ids] == [str(n) for n in range(len(proposals))]
+    job_id = ids[0].split(":")[2]
+    job = await world.bot.store.get_job(job_id)
+    assert job.kind == "describe" and job.status == "done" and len(job.params["prompts"]) == len(proposals)
+
+    other = world.user("wes-friend")  # anyone may draw a proposal
+    press = await emu.press_button(other, msg, ids[-1])
+    await press.wait_response()
+    drawn = await world.final(press, is_result, timeout=60)
+    assert _last_generate(world).prompt == job.params["prompts"][-1]
+    assert drawn.attachments
