@@ -161,6 +161,9 @@ class UnderstandingSection:
         "image/bmp",
     )
     max_message_chars: int = setting(2000, lo=1, hi=4000)
+    # The assistant's system prompt for /chat, /describe and mentions ("" = Janus-Pro's own default);
+    # a server replaces it with /settings persona.
+    system_prompt: str = ""
 
 
 @dataclass(frozen=True)
@@ -447,6 +450,8 @@ def _check_across(cfg: BotConfig) -> BotConfig:
             "generation.max_count: must be <= engine.max_images_per_batch "
             f"({cfg.engine.max_images_per_batch})"
         )
+    if len(cfg.understanding.system_prompt) > 2000:
+        raise ConfigError("understanding.system_prompt: at most 2000 characters")
     if not cfg.moderation.question.strip() or len(cfg.moderation.question) > 500:
         raise ConfigError("moderation.question: must be a yes/no question of 1 to 500 characters")
     if not gen.min_guidance <= gen.default_guidance <= gen.max_guidance:

@@ -22,6 +22,7 @@ from bot.store.records import (  # noqa: F401  (re-exported for the cogs and tes
     MODERATION,
     MODLOG_CHANNEL,
     NSFW_POLICY,
+    PERSONA,
     ServerSettings,
 )
 

@@ -108,6 +108,7 @@ async def submit(bot: JanusBot, q: Question) -> Submitted:
         turns=turns,
         sampling=TextSampling(temperature=u.temperature, top_p=u.top_p, max_new_tokens=u.max_new_tokens),
         conversation_id=str(conv.id),
+        system_prompt=q.settings.persona if q.settings.persona is not None else u.system_prompt,
     )
     try:
         handle = await bot.engine.submit(request, user_id=str(q.who.user_id))

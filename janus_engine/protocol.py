@@ -72,6 +72,8 @@ class UnderstandRequest:
     # over the choices), and its text is the likeliest choice. One decoding step: the model judging an
     # image (best-of-N ranking, output moderation).
     choices: tuple[str, ...] = ()
+    # The assistant's system prompt for this answer (a server's persona); "" = the model's default.
+    system_prompt: str = ""
 
 
 @dataclass(frozen=True)

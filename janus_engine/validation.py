@@ -30,6 +30,7 @@ MAX_NEW_TOKENS = 4096
 MAX_IMAGES_PER_CONVERSATION = 6  # each image costs 578 tokens of Janus-Pro's 4096-token context
 MAX_CONVERSATION_CHARS = 60_000
 MAX_CHOICES = 8
+MAX_SYSTEM_PROMPT_CHARS = 2000
 
 
 def _number(value: object) -> float | None:
@@ -113,6 +114,10 @@ def validate_understand_request(req: UnderstandRequest) -> None:
     if chars > MAX_CONVERSATION_CHARS:
         raise PromptTooLong(
             f"The conversation is {chars} characters long; the limit is {MAX_CONVERSATION_CHARS}."
+        )
+    if not isinstance(req.system_prompt, str) or len(req.system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
+        raise InvalidRequest(
+            f"The system prompt must be text of at most {MAX_SYSTEM_PROMPT_CHARS} characters."
         )
     choices = req.choices
     if not isinstance(choices, tuple) or (choices and not 2 <= len(choices) <= MAX_CHOICES):

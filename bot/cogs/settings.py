@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import Refusal
+from bot.formatting import quote_prompt
 from bot.modlog import post_modlog, where
 from bot.policy import (
     DEFAULT_COUNT,
@@ -23,6 +24,9 @@ from bot.policy import (
     MODERATION,
     MODLOG_CHANNEL,
     NSFW_POLICY,
+    PERSONA,
+    ServerSettings,
+    check_prompt,
 )
 from bot.store import SCOPE_SETTING
 
@@ -153,6 +157,21 @@ class SettingsCog(
             guild_id, {MODLOG_CHANNEL: channel.id}, actor_id=interaction.user.id
         )
         await self._changed(interaction, f"The mod-log is now <#{channel.id}>.")
+
+    @app_commands.command(name="persona", description="Who Janus is in /chat and /describe on this server")
+    @app_commands.describe(text="The assistant's system prompt here (leave empty for the bot's default)")
+    async def persona(
+        self, interaction: discord.Interaction, text: app_commands.Range[str, 1, 1000] | None = None
+    ) -> None:
+        persona = (text or "").strip()
+        check_prompt(
+            self.bot.config.access, self.bot.access.requester(interaction), ServerSettings(), persona
+        )
+        await self.bot.store.update_guild_settings(
+            _guild_id(interaction), {PERSONA: persona or None}, actor_id=interaction.user.id
+        )
+        shown = f"now: {quote_prompt(persona, 300)}" if persona else "back to the bot's default"
+        await self._changed(interaction, f"The persona for /chat and /describe is {shown}.")
 
     @app_commands.command(name="defaults", description="Server defaults for /imagine")
     async def defaults(

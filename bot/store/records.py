@@ -34,6 +34,7 @@ DEFAULT_GUIDANCE = "default_guidance"
 DEFAULT_TEMPERATURE = "default_temperature"
 MODERATION = "moderation"
 MODLOG_CHANNEL = "modlog_channel_id"
+PERSONA = "persona"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ServerSettings:
     default_guidance: float | None = None
     default_temperature: float | None = None
     moderation: bool | None = None  # output moderation of generated images (None: the config's default)
+    persona: str | None = None  # the assistant's system prompt here (None: the config's)
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerSettings:
@@ -68,6 +70,7 @@ class ServerSettings:
             default_guidance=num(DEFAULT_GUIDANCE, float),
             default_temperature=num(DEFAULT_TEMPERATURE, float),
             moderation=None if moderation is None else bool(moderation),
+            persona=None if data.get(PERSONA) is None else str(data.get(PERSONA)),
         )
 
 

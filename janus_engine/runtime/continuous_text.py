@@ -33,6 +33,7 @@ from janus_engine.runtime.understanding import (
     _Detokenizer,
     judge_first_step,
     text_output,
+    with_system,
 )
 
 _COLUMN_ROUNDING = 64  # the cache grows in steps of this many columns, not one prompt at a time
@@ -134,11 +135,12 @@ class TextDecoder:
         embeds = prompt_embeddings(
             self.model,
             self.processor,
-            [job.prompt for job in jobs],
+            [with_system(self.processor, job) for job in jobs],
             [job.images for job in jobs],
             [job.image_bytes for job in jobs] if all(job.image_bytes for job in jobs if job.images) else None,
             self.features,
             [job.conversation_id for job in jobs],
+            system_prefixed=True,
         )
         mask = embeds.attention_mask
         width = mask.shape[1]

@@ -200,7 +200,9 @@ def _janus_model(model: torch.nn.Module) -> torch.nn.Module:
     return inner if inner is not None and hasattr(inner, "get_image_features") else model
 
 
-def _tokenize(processor, prompts: Sequence[str], n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tokenize(
+    processor, prompts: Sequence[str], n_images: int, *, system_prefixed: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Input ids and attention mask exactly as ``processor(text=prompts, images=..., padding=True)``
     makes them, without preprocessing the images: the images' only influence on the text is that each
     placeholder expands to ``<begin_of_image>`` + N image tokens + ``<end_of_image>``, which does not
@@ -211,7 +213,9 @@ def _tokenize(processor, prompts: Sequence[str], n_images: int) -> tuple[torch.T
     found = sum(p.count(processor.image_token) for p in prompts)
     if found != n_images:
         raise ValueError(f"The prompts hold {found} image placeholders but {n_images} images were given.")
-    texts = [f"{DEFAULT_SYSTEM_PROMPT}{p}" if processor.use_default_system_prompt else p for p in prompts]
+    # system_prefixed: each prompt already starts with its own system prompt (see understanding.with_system)
+    default = DEFAULT_SYSTEM_PROMPT if processor.use_default_system_prompt and not system_prefixed else ""
+    texts = [f"{default}{p}" for p in prompts]
     replacements = [processor.replace_image_token({}, image_idx=i) for i in range(n_images)]
     texts, _ = processor.get_text_with_replacements(texts, images_replacements=replacements)
     encoded = processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
@@ -238,6 +242,8 @@ def prompt_embeddings(
     image_bytes_per_prompt: Sequence[Sequence[bytes]] | None = None,
     cache: ImageFeatureCache | None = None,
     conversation_ids: Sequence[str | None] | None = None,
+    *,
+    system_prefixed: bool = False,
 ) -> PromptEmbeddings:
     """The left-padded prefill input of ``prompts`` (chat-template text with ``<image_placeholder>``s),
     with the features of ``images_per_prompt[i]`` (prompt order) merged in as transformers merges them.
@@ -265,7 +271,7 @@ def prompt_embeddings(
     embedding = model.get_input_embeddings()
     device = embedding.weight.device
 
-    input_ids, mask = _tokenize(processor, prompts, len(images))
+    input_ids, mask = _tokenize(processor, prompts, len(images), system_prefixed=system_prefixed)
     input_ids, mask = input_ids.to(device), mask.to(device)
     inputs_embeds = embedding(input_ids)
     if images:

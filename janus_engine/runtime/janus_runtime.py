@@ -217,8 +217,10 @@ class JanusRuntime:
         messages = conversation_messages(req.turns)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         n_images = sum(len(t.images) for t in req.turns)
-        # The processor prepends the system prompt and expands each placeholder to boi + N tokens + eoi.
-        tokens = len(self.processor.tokenizer(self._system_prompt + prompt)["input_ids"])
+        # The system prompt goes in front (see understanding.with_system); each placeholder expands to
+        # boi + N tokens + eoi.
+        system = f"{req.system_prompt.strip()}\n\n" if req.system_prompt.strip() else self._system_prompt
+        tokens = len(self.processor.tokenizer(system + prompt)["input_ids"])
         return prompt, tokens + n_images * (self.num_image_tokens + 1)
 
     def prepare_understand(self, req: UnderstandRequest) -> TextJob:
@@ -245,6 +247,7 @@ class JanusRuntime:
             conversation_id=req.conversation_id,
             choice_ids=choice_ids,
             choices=tuple(c.strip() for c in req.choices),
+            system_prompt=req.system_prompt,
         )
 
     def choice_ids(self, choices: Sequence[str]) -> tuple[int, ...]:

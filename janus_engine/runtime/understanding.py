@@ -9,7 +9,8 @@ running each conversation alone (tested), and equal transformers' own ``generate
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,32 @@ class TextJob:
     # token is the likeliest choice, and reports the choices' probabilities.
     choice_ids: tuple[int, ...] = ()
     choices: tuple[str, ...] = ()  # the answers themselves, in the same order
+    system_prompt: str = ""  # its own system prompt (a server's persona); "" = the model's default
+
+
+def with_system(processor, job: TextJob) -> str:
+    """The job's prompt with its system prompt in front: its own, or the one transformers' processor
+    would prepend (DeepSeek's default) when it is set to. Both text loops build the model input from
+    this with the processor's own prepending off, so a job with a persona sits in a batch beside jobs
+    without one, and a job without one gets exactly the text the processor alone would make."""
+    if job.system_prompt.strip():
+        return f"{job.system_prompt.strip()}\n\n{job.prompt}"
+    if getattr(processor, "use_default_system_prompt", False):
+        from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
+
+        return f"{DEFAULT_SYSTEM_PROMPT}{job.prompt}"
+    return job.prompt
+
+
+@contextmanager
+def own_system_prompts(processor) -> Iterator[None]:
+    """The processor without its automatic system prompt (the texts carry theirs: :func:`with_system`)."""
+    before = getattr(processor, "use_default_system_prompt", False)
+    processor.use_default_system_prompt = False
+    try:
+        yield
+    finally:
+        processor.use_default_system_prompt = before
 
 
 @dataclass
@@ -142,12 +169,9 @@ def generate_text(
     device = model.get_input_embeddings().weight.device
     dtype = model.get_input_embeddings().weight.dtype
     images = [im for job in live for im in job.images]
-    batch = processor(
-        text=[job.prompt for job in live],
-        images=images or None,
-        padding=True,
-        return_tensors="pt",
-    )
+    texts = [with_system(processor, job) for job in live]
+    with own_system_prompts(processor):
+        batch = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
     input_ids = batch["input_ids"].to(device)
     mask = batch["attention_mask"].to(device)
     prompt_lens = mask.sum(-1).tolist()

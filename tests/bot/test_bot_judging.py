@@ -176,3 +176,29 @@ async def test_describe_proposes_prompts_with_buttons_that_imagine_them(world: B
     drawn = await world.final(press, is_result, timeout=60)
     assert _last_generate(world).prompt == job.params["prompts"][-1]
     assert drawn.attachments
+
+
+async def test_a_server_persona_is_the_system_prompt_of_chat_and_describe(world: BotWorld) -> None:
+    from janus_engine.protocol import UnderstandRequest
+
+    pia = world.user("pia")
+
+    def last_answer_request() -> UnderstandRequest:
+        return next(
+            r for r in reversed(world.submitted) if isinstance(r, UnderstandRequest) and not r.choices
+        )
+
+    done = await world.run(
+        world.manager, world.general, "settings persona", text="You are a cheerful pirate."
+    )
+    assert "persona for /chat and /describe is now" in done.original.content
+    try:
+        itx = await world.run(pia, world.general, "chat", message="who are you?")
+        await world.final(itx, lambda m: "Queued" not in m.content and "▌" not in m.content, timeout=60)
+        assert last_answer_request().system_prompt == "You are a cheerful pirate."
+    finally:
+        cleared = await world.run(world.manager, world.general, "settings persona")
+    assert "back to the bot's default" in cleared.original.content
+    itx = await world.run(pia, world.general, "chat", message="and now?")
+    await world.final(itx, lambda m: "Queued" not in m.content and "▌" not in m.content, timeout=60)
+    assert last_answer_request().system_prompt == ""  # the config's default: Janus-Pro's own
