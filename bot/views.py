@@ -36,6 +36,7 @@ class ImagineActions(Protocol):
     async def show_info(self, interaction: Interaction, job_id: str) -> None: ...
     async def imagine_proposed(self, interaction: Interaction, job_id: str, index: int) -> None: ...
     async def vary(self, interaction: Interaction, job_id: str, index: int) -> None: ...
+    async def upscale(self, interaction: Interaction, job_id: str, index: int) -> None: ...
 
 
 @runtime_checkable
@@ -144,15 +145,18 @@ class InfoButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:i
         await imagine_actions(interaction).show_info(interaction, self.job_id)
 
 
-class VaryButton(ui.DynamicItem[ui.Button[Any]], template=rf"janus:vary:{_JOB}:(?P<index>\d{{1,2}})"):
-    """A new single image from the same prompt and settings, with a seed next to that image's."""
+class _ImageButton:
+    """Mixin for the per-image buttons: ``janus:<action>:<job id>:<image index>``."""
 
-    def __init__(self, job_id: str, index: int, *, label: str = "Vary", row: int | None = None) -> None:
-        super().__init__(
+    action = ""
+    label = ""
+
+    def __init__(self, job_id: str, index: int, *, label: str | None = None, row: int | None = None) -> None:
+        super().__init__(  # type: ignore[call-arg]  # DynamicItem.__init__, next in the MRO
             ui.Button(
-                label=label,
+                label=label or self.label,
                 style=discord.ButtonStyle.secondary,
-                custom_id=f"janus:vary:{job_id}:{index}",
+                custom_id=f"janus:{self.action}:{job_id}:{index}",
                 row=row,
             )
         )
@@ -168,9 +172,34 @@ class VaryButton(ui.DynamicItem[ui.Button[Any]], template=rf"janus:vary:{_JOB}:(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         itx: Interaction = interaction
         try:
-            await imagine_actions(itx).vary(itx, self.job_id, self.index)
+            await self.run(itx)
         except Exception as exc:
             await itx.client.report_error(itx, exc)
+
+    async def run(self, interaction: Interaction) -> None:
+        raise NotImplementedError
+
+
+class VaryButton(
+    _ImageButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:vary:{_JOB}:(?P<index>\d{{1,2}})"
+):
+    """A new single image from the same prompt and settings, with a seed next to that image's."""
+
+    action, label = "vary", "Vary"
+
+    async def run(self, interaction: Interaction) -> None:
+        await imagine_actions(interaction).vary(interaction, self.job_id, self.index)
+
+
+class UpscaleButton(
+    _ImageButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:upscale:{_JOB}:(?P<index>\d{{1,2}})"
+):
+    """Midjourney's U: that one image, full size, as a message of its own (read back from the grid's)."""
+
+    action, label = "upscale", "U"
+
+    async def run(self, interaction: Interaction) -> None:
+        await imagine_actions(interaction).upscale(interaction, self.job_id, self.index)
 
 
 class ProposedPromptButton(
@@ -257,7 +286,8 @@ def retry_view(job_id: str) -> ui.View:
 
 def result_view(job_id: str, n_images: int) -> ui.View:
     """Shown under finished images: Re-roll, Edit prompt, Delete, Info, then per image a Describe and a
-    Vary (a nearby seed), like Midjourney's U/V rows: at most 5 buttons a row, 5 rows (10 images)."""
+    Vary (a nearby seed), and for a grid of 2-4 (which Discord lays out 2x2) an Upscale row first, like
+    Midjourney's U/V rows: at most 5 buttons a row, 5 rows (10 images)."""
     view = ui.View(timeout=None)
     view.add_item(RerollButton(job_id, row=0))
     view.add_item(EditPromptButton(job_id, row=0))
@@ -270,10 +300,27 @@ def result_view(job_id: str, n_images: int) -> ui.View:
     n = min(n_images, 10)
     per_row = 5
     rows_each = -(-n // per_row)
+    first = 1
+    if n <= 4:
+        for i in range(n):
+            view.add_item(UpscaleButton(job_id, i, label=f"U{i + 1}", row=1))
+        first = 2
     for i in range(n):
-        view.add_item(DescribeButton(job_id, i, label=f"Describe {i + 1}", row=1 + i // per_row))
+        view.add_item(
+            VaryButton(job_id, i, label=f"V{i + 1}" if n <= 4 else f"Vary {i + 1}", row=first + i // per_row)
+        )
     for i in range(n):
-        view.add_item(VaryButton(job_id, i, label=f"Vary {i + 1}", row=1 + rows_each + i // per_row))
+        label = f"Describe {i + 1}"
+        view.add_item(DescribeButton(job_id, i, label=label, row=first + rows_each + i // per_row))
+    return view
+
+
+def upscaled_view(job_id: str, index: int) -> ui.View:
+    """Under one image posted on its own (Upscale): Vary that image, Describe it, Info."""
+    view = ui.View(timeout=None)
+    view.add_item(VaryButton(job_id, index))
+    view.add_item(DescribeButton(job_id, 0))  # the image is this message's only attachment
+    view.add_item(InfoButton(job_id))
     return view
 
 

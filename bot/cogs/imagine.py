@@ -13,6 +13,7 @@ any old message after any restart.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import random
 import time
@@ -38,10 +39,12 @@ from bot.views import (
     InfoButton,
     ProposedPromptButton,
     RerollButton,
+    UpscaleButton,
     VaryButton,
     edit_modal_submission,
     progress_view,
     result_view,
+    upscaled_view,
 )
 from janus_engine.errors import JanusError
 from janus_engine.protocol import (
@@ -63,7 +66,15 @@ MAX_SEED = 2**31 - 1
 _T = TypeVar("_T", int, float)
 
 
-_BUTTONS = (RerollButton, EditPromptButton, DeleteButton, InfoButton, VaryButton, ProposedPromptButton)
+_BUTTONS = (
+    RerollButton,
+    EditPromptButton,
+    DeleteButton,
+    InfoButton,
+    VaryButton,
+    UpscaleButton,
+    ProposedPromptButton,
+)
 LINEAGE_DEPTH = 5  # how far Info follows "re-rolled from"
 
 
@@ -303,6 +314,22 @@ class ImagineCog(commands.Cog):
             parent_job=job.id,
             negative_prompt=p.negative_prompt,
             enhanced_from=p.enhanced_from,
+        )
+
+    async def upscale(self, interaction: discord.Interaction, job_id: str, index: int) -> None:
+        """That one image of the grid as its own message (a file at full size), read back from the
+        message the button sits on, so it works after a restart and needs no copy of the images."""
+        job = await self._job(job_id)
+        attachments = interaction.message.attachments if interaction.message is not None else []
+        if not 0 <= index < len(attachments):
+            raise Refusal("That image is no longer attached to this message.")
+        await self.bot.access.admit(self.bot.access.requester(interaction))
+        data = await attachments[index].read()
+        await interaction.response.send_message(
+            f"<@{interaction.user.id}>: image {index + 1} of {quote_prompt(job.prompt, 200)}",
+            file=discord.File(io.BytesIO(data), filename=attachments[index].filename),
+            view=upscaled_view(job.id, index),
+            allowed_mentions=discord.AllowedMentions.none(),
         )
 
     async def show_info(self, interaction: discord.Interaction, job_id: str) -> None:

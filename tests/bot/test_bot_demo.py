@@ -27,7 +27,7 @@ def test_demo_plays_the_scripted_session_and_writes_images(tmp_path: Path) -> No
     for step in ("/imagine", "presses [Re-roll]", "/describe image:hill.png", "/chat message:", "notes.txt"):
         assert step in transcript, step
     assert "%" in transcript and "preview.png" in transcript  # the progress bar with a preview was shown
-    assert "Re-roll, Edit prompt, Delete, Info, Describe 1, Describe 2, Vary 1, Vary 2" in transcript
+    assert "Re-roll, Edit prompt, Delete, Info, U1, U2, V1, V2, Describe 1, Describe 2" in transcript
     assert "holds 4 turns with 1 image" in transcript  # the follow-up found the describe exchange
     assert "is not a supported image" in transcript and "not an image I can read" in transcript
     pngs = sorted(out.glob("*.png"))

@@ -31,6 +31,8 @@ async def test_imagine_shows_progress_then_images_with_buttons(world: BotWorld) 
         f"janus:describe:{job_id}:1",
         f"janus:vary:{job_id}:0",
         f"janus:vary:{job_id}:1",
+        f"janus:upscale:{job_id}:0",
+        f"janus:upscale:{job_id}:1",
     }
     assert "seed 7" in msg.content and "a red fox" in msg.content
     # The echoed prompt cannot ping anyone.
@@ -222,6 +224,16 @@ async def test_vary_draws_one_image_a_seed_away_and_info_shows_its_lineage(world
     assert (sent.n_images, sent.seed, sent.negative_prompt) == (1, 42, "ink")  # seed 40, image 2: 40 + 2
     assert varied.attachments[0].data not in [a.data for a in msg.attachments]
     varied_id = varied.custom_ids()[0].split(":")[2]
+
+    upscale = await emu.press_button(world.user("ula-friend"), msg, f"janus:upscale:{job_id}:1")
+    await upscale.wait_response()
+    alone = upscale.original
+    assert not upscale.ephemeral and [a.data for a in alone.attachments] == [msg.attachments[1].data]
+    assert set(alone.custom_ids()) == {
+        f"janus:vary:{job_id}:1",
+        f"janus:describe:{job_id}:0",
+        f"janus:info:{job_id}",
+    }
 
     info = await emu.press_button(ula, varied, f"janus:info:{varied_id}")
     await info.wait_response()
