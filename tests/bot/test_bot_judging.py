@@ -14,7 +14,7 @@ import pytest
 
 from bot.judging import YES_NO, match_question
 from janus_engine.protocol import GenerateRequest, TextSampling, Turn, UnderstandRequest
-from tests.bot.bot_world import BotWorld, is_result
+from tests.bot.bot_world import BotWorld, finished_job, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -137,6 +137,7 @@ async def test_the_mod_log_gets_refusals_moderation_hits_and_admin_actions(world
         await emu.wait_for(lambda: any("image filter withheld 1 of 1" in x for x in lines()), timeout=10)
     finally:
         _set_moderation(world, enabled=False, threshold=0.5)
+        await world.run(world.manager, world.general, "settings moderation", enabled=False)  # as it was
     await world.run(world.manager, world.general, "settings nsfw", policy="block")
     await emu.wait_for(lambda: any("NSFW policy set to block" in x for x in lines()), timeout=10)
     assert all(not m.pings.everyone and not m.pings.users for m in emu.bot_messages(modlog))
@@ -167,7 +168,7 @@ async def test_describe_proposes_prompts_with_buttons_that_imagine_them(world: B
     ids = msg.custom_ids()
     assert [i.rsplit(":", 1)[1] for i in ids] == [str(n) for n in range(len(proposals))]
     job_id = ids[0].split(":")[2]
-    job = await world.bot.store.get_job(job_id)
+    job = await finished_job(world.bot, job_id)  # closed right after the message is shown
     assert job.kind == "describe" and job.status == "done" and len(job.params["prompts"]) == len(proposals)
 
     other = world.user("wes-friend")  # anyone may draw a proposal

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config import ConfigError
 from bot.status_http import StatusServer
-from tests.bot.bot_world import BotWorld, is_result
+from tests.bot.bot_world import BotWorld, eventually, is_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -71,7 +71,14 @@ async def test_metrics_count_jobs_by_outcome_and_refusals_by_reason(world: BotWo
     assert blocked.original is not None and "does not accept" in blocked.original.content
     answered = await world.run(user, world.general, "chat", message="hello")
     await world.final(answered, lambda m: "Queued" not in m.content and "▌" not in m.content, timeout=60)
-    after = await _samples()
+
+    async def counted() -> dict:
+        # A job is counted when its follower ends, just after the final edit the user sees.
+        samples = await _samples()
+        done = _value(samples, "janus_jobs_total", kind="understand", outcome="done")
+        return samples if done > _value(before, "janus_jobs_total", kind="understand", outcome="done") else {}
+
+    after = await eventually(counted, timeout=15)
 
     def delta(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
