@@ -78,14 +78,28 @@ def job_actions(interaction: Interaction) -> JobActions:
     return cog
 
 
-class _JobButton:
-    """Mixin for the job buttons: build the custom_id, parse it back, route errors to the bot's reporter.
+class _Routed:
+    """What every button of ours does when pressed: its ``run``, with errors to the bot's reporter.
 
-    (A plain mixin, because discord.py requires a template on every DynamicItem subclass.)"""
+    (Plain mixins, because discord.py requires a template on every DynamicItem subclass.)"""
 
     action = ""
     label = ""
     style = discord.ButtonStyle.secondary
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        itx: Interaction = interaction  # the client is the JanusBot (these items are its own)
+        try:
+            await self.run(itx)
+        except Exception as exc:
+            await itx.client.report_error(itx, exc)
+
+    async def run(self, interaction: Interaction) -> None:
+        raise NotImplementedError
+
+
+class _JobButton(_Routed):
+    """Mixin for the job buttons, ``janus:<action>:<job id>``: build the custom_id and parse it back."""
 
     def __init__(self, job_id: str, *, row: int | None = None) -> None:
         super().__init__(  # type: ignore[call-arg]  # DynamicItem.__init__, next in the MRO
@@ -98,16 +112,6 @@ class _JobButton:
         cls, interaction: discord.Interaction[Any], item: ui.Item[Any], match: re.Match[str], /
     ) -> Self:
         return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        itx: Interaction = interaction  # the client is the JanusBot (these items are its own)
-        try:
-            await self.run(itx)
-        except Exception as exc:
-            await itx.client.report_error(itx, exc)
-
-    async def run(self, interaction: Interaction) -> None:
-        raise NotImplementedError
 
 
 class CancelButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:cancel:{_JOB}"):
@@ -145,17 +149,14 @@ class InfoButton(_JobButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:i
         await imagine_actions(interaction).show_info(interaction, self.job_id)
 
 
-class _ImageButton:
+class _ImageButton(_Routed):
     """Mixin for the per-image buttons: ``janus:<action>:<job id>:<image index>``."""
-
-    action = ""
-    label = ""
 
     def __init__(self, job_id: str, index: int, *, label: str | None = None, row: int | None = None) -> None:
         super().__init__(  # type: ignore[call-arg]  # DynamicItem.__init__, next in the MRO
             ui.Button(
                 label=label or self.label,
-                style=discord.ButtonStyle.secondary,
+                style=self.style,
                 custom_id=f"janus:{self.action}:{job_id}:{index}",
                 row=row,
             )
@@ -168,16 +169,6 @@ class _ImageButton:
         cls, interaction: discord.Interaction[Any], item: ui.Item[Any], match: re.Match[str], /
     ) -> Self:
         return cls(match["job"], int(match["index"]))
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        itx: Interaction = interaction
-        try:
-            await self.run(itx)
-        except Exception as exc:
-            await itx.client.report_error(itx, exc)
-
-    async def run(self, interaction: Interaction) -> None:
-        raise NotImplementedError
 
 
 class VaryButton(
@@ -203,70 +194,32 @@ class UpscaleButton(
 
 
 class ProposedPromptButton(
-    ui.DynamicItem[ui.Button[Any]], template=rf"janus:propose:{_JOB}:(?P<index>\d{{1,2}})"
+    _ImageButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:propose:{_JOB}:(?P<index>\d{{1,2}})"
 ):
     """/imagine one of the prompts /describe prompts:True proposed (read back from that job's record)."""
 
-    def __init__(self, job_id: str, index: int, *, row: int | None = None) -> None:
-        super().__init__(
-            ui.Button(
-                label=f"Imagine {index + 1}",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"janus:propose:{job_id}:{index}",
-                row=row,
-            )
-        )
-        self.job_id = job_id
-        self.index = index
+    action, label, style = "propose", "Imagine", discord.ButtonStyle.primary
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: ui.Item[Any], match: re.Match[str], /
-    ) -> Self:
-        return cls(match["job"], int(match["index"]))
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        itx: Interaction = interaction
-        try:
-            await imagine_actions(itx).imagine_proposed(itx, self.job_id, self.index)
-        except Exception as exc:
-            await itx.client.report_error(itx, exc)
+    async def run(self, interaction: Interaction) -> None:
+        await imagine_actions(interaction).imagine_proposed(interaction, self.job_id, self.index)
 
 
 def proposals_view(job_id: str, n: int) -> ui.View:
     view = ui.View(timeout=None)
     for i in range(n):
-        view.add_item(ProposedPromptButton(job_id, i))
+        view.add_item(ProposedPromptButton(job_id, i, label=f"Imagine {i + 1}"))
     return view
 
 
-class DescribeButton(ui.DynamicItem[ui.Button[Any]], template=rf"janus:describe:{_JOB}:(?P<index>\d{{1,2}})"):
+class DescribeButton(
+    _ImageButton, ui.DynamicItem[ui.Button[Any]], template=rf"janus:describe:{_JOB}:(?P<index>\d{{1,2}})"
+):
     """Ask Janus about one generated image; the image is read back from the message the button sits on."""
 
-    def __init__(self, job_id: str, index: int, *, label: str = "Describe", row: int | None = None) -> None:
-        super().__init__(
-            ui.Button(
-                label=label,
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"janus:describe:{job_id}:{index}",
-                row=row,
-            )
-        )
-        self.job_id = job_id
-        self.index = index
+    action, label = "describe", "Describe"
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: ui.Item[Any], match: re.Match[str], /
-    ) -> Self:
-        return cls(match["job"], int(match["index"]))
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        itx: Interaction = interaction  # the client is the JanusBot (these items are its own)
-        try:
-            await describe_actions(itx).describe_generated(itx, self.job_id, self.index)
-        except Exception as exc:
-            await itx.client.report_error(itx, exc)
+    async def run(self, interaction: Interaction) -> None:
+        await describe_actions(interaction).describe_generated(interaction, self.job_id, self.index)
 
 
 def progress_view(job_id: str) -> ui.View:

@@ -327,6 +327,12 @@ async def run_service(config: EngineConfig, name: str, *, stop: asyncio.Event | 
 # ---- the bot's side -------------------------------------------------------------------------------------
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception in one line (Ray's messages carry whole remote tracebacks)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 async def _awaited(ref: Any) -> Any:
     return await ref
 
@@ -357,7 +363,7 @@ def _join_as_client(address: str) -> None:
             ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False)
             return
         except Exception as exc:  # no cluster at that address: one line, not Ray's traceback
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _first_line(exc)
         if attempt == attempts or "Initialization failure from server" not in first:
             break
         # Ray's client server starts one "specific server" process per client; on a busy host that
@@ -550,7 +556,7 @@ class ServiceEngine:
             self._lost("the engine service stopped")
             raise ModelNotAvailable(NOT_REACHABLE) from None
         except RayError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _first_line(exc)
             log.warning("engine service call failed: %s", first)
             raise ModelNotAvailable("The image engine could not answer; please try again.") from None
 

@@ -6,7 +6,8 @@ Engines are started once per module (workers import torch in ~5 s) and shared by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from janus_engine.config import EngineConfig
@@ -140,3 +141,23 @@ def same_picture(png_a: bytes, png_b: bytes) -> bool:
         return False
     diff = np.abs(a - b)
     return int(diff.max()) <= 1 and float((diff > 0).mean()) <= 0.01
+
+
+@contextlib.contextmanager
+def loopback_ray(num_cpus: int) -> Iterator[None]:
+    """A one-node Ray cluster on 127.0.0.1 in this process (every Ray process binds and talks on loopback
+    only: tests/conftest.py sets the switch before ray is imported), shut down afterwards."""
+    import ray
+
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=128 * 2**20,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    try:
+        assert [node["NodeManagerAddress"] for node in ray.nodes()] == ["127.0.0.1"]
+        yield
+    finally:
+        ray.shutdown()

@@ -24,6 +24,7 @@ from tests.engine.engine_helpers import (
     chat_request,
     collect,
     gen_request,
+    loopback_ray,
     same_picture,
     tiny_engine_config,
 )
@@ -37,20 +38,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A one-node Ray cluster on 127.0.0.1 (every Ray process binds and talks on loopback only) with
-    room for two actors and a replacement."""
-    ray.init(
-        num_cpus=4,
-        include_dashboard=False,
-        object_store_memory=128 * 2**20,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
-    try:
-        assert [node["NodeManagerAddress"] for node in ray.nodes()] == ["127.0.0.1"]
+    """Room for two actors and a replacement."""
+    with loopback_ray(num_cpus=4):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from janus_engine.errors import InvalidRequest, ModelNotAvailable, UserLimitReached
 from janus_engine.protocol import Cancelled, Done, Failed, GenerateResult, Progress, UnderstandResult
-from tests.engine.engine_helpers import chat_request, collect, gen_request, tiny_engine_config
+from tests.engine.engine_helpers import chat_request, collect, gen_request, loopback_ray, tiny_engine_config
 
 ray = pytest.importorskip("ray")  # on loopback only: tests/conftest.py
 
@@ -37,17 +37,8 @@ NAME = "test-engine"
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(
-        num_cpus=3,
-        include_dashboard=False,
-        object_store_memory=128 * 2**20,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
-    try:
+    with loopback_ray(num_cpus=3):
         yield
-    finally:
-        ray.shutdown()
 
 
 def _config(tiny_model_dir):
