@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +54,9 @@ class Question:
     settings: ServerSettings
     text: str
     images: list[bytes]
-    kind: JobKind | None = None  # DESCRIBE records a job (it has a Cancel button); chat turns do not
+    # Every question is a recorded job (with a Cancel button while it runs): a restart then finds its
+    # message and says the answer was interrupted, instead of leaving "thinking..." there for good.
+    kind: JobKind = JobKind.CHAT
     user_message_ids: tuple[int, ...] = ()
     conversation: ConversationRef | None = None  # a reply continues the conversation it replied to
 
@@ -79,9 +80,8 @@ class Submitted:
     job_id: str
 
     def follow(self, bot: JanusBot, outlet: Outlet, q: Question) -> None:
-        if q.kind is not None:  # a recorded job: its messages are found again after a restart
-            job_id = self.job_id
-            outlet.on_new_message = lambda message_id: bot.store.add_job_messages(job_id, [message_id])
+        job_id = self.job_id
+        outlet.on_new_message = lambda message_id: bot.store.add_job_messages(job_id, [message_id])
         bot.run_in_background(_stream_answer(bot, outlet, self.handle, q, self.conversation, self.job_id))
 
 
@@ -91,18 +91,17 @@ async def submit(bot: JanusBot, q: Question) -> Submitted:
     conv = q.conversation or await bot.store.resolve_conversation(key)
     turns = await _model_turns(bot, conv.id, q.text, q.images)
     u = bot.config.understanding
-    if q.kind is not None:
-        job = await bot.store.create_job(
-            q.kind,
-            user_id=q.who.user_id,
-            guild_id=q.who.guild_id,
-            channel_id=q.who.channel_id,
-            prompt=q.text,
-            params={"images": len(q.images), "conversation_id": conv.id},
-        )
-        job_id = job.id
-    else:
-        job_id = uuid.uuid4().hex
+    job = await bot.store.create_job(
+        q.kind,
+        user_id=q.who.user_id,
+        guild_id=q.who.guild_id,
+        channel_id=q.who.channel_id,
+        # A chat's words live in the conversation's turns, which /forget removes; its job row keeps
+        # none of them (a described image's question is kept, like an /imagine prompt).
+        prompt="" if q.kind == JobKind.CHAT else q.text,
+        params={"images": len(q.images), "conversation_id": conv.id},
+    )
+    job_id = job.id
     request = UnderstandRequest(
         request_id=job_id,
         turns=turns,
@@ -113,8 +112,7 @@ async def submit(bot: JanusBot, q: Question) -> Submitted:
     try:
         handle = await bot.engine.submit(request, user_id=str(q.who.user_id))
     except JanusError as exc:
-        if q.kind is not None:
-            await bot.store.finish_job(job_id, JobStatus.FAILED, error=exc.user_message)
+        await bot.store.finish_job(job_id, JobStatus.FAILED, error=exc.user_message)
         raise
     return Submitted(handle, conv, job_id)
 
@@ -160,9 +158,8 @@ class _AnswerRender:
         self, bot: JanusBot, outlet: Outlet, q: Question, conv: ConversationRef, job_id: str
     ) -> None:
         self.bot, self.outlet, self.q, self.conv, self.job_id = bot, outlet, q, conv, job_id
-        self.recorded = q.kind is not None  # a describe job has a record (and a Cancel button)
         self.progress = LatestProgress(outlet, bot.config.ui.progress_interval_s)
-        self.view_kw: dict[str, Any] = {"view": progress_view(job_id)} if self.recorded else {}
+        self.view_kw: dict[str, Any] = {"view": progress_view(job_id)}
         self.answer = ""
         self.started_at = time.monotonic()
         self.delivered = False
@@ -171,9 +168,8 @@ class _AnswerRender:
         await self.progress.update(queue_line(event.position, event.eta_s), **self.view_kw)
 
     async def started(self, event: Started) -> None:
-        if self.recorded:
-            job_id = self.job_id
-            await quietly(self.bot.store.mark_job_running(job_id), f"mark job {job_id} running")
+        job_id = self.job_id
+        await quietly(self.bot.store.mark_job_running(job_id), f"mark job {job_id} running")
 
     async def step(self, event: Progress | TextDelta) -> None:
         if isinstance(event, TextDelta):
@@ -191,27 +187,23 @@ class _AnswerRender:
         self.delivered = True
         if bot_turn_id is not None:
             await bot.store.add_turn_messages(bot_turn_id, ids)
-        if self.recorded:
-            await bot.store.finish_job(
-                self.job_id,
-                JobStatus.DONE,
-                timings={"total_s": time.monotonic() - self.started_at},
-                message_ids=ids,
-            )
+        await bot.store.finish_job(
+            self.job_id,
+            JobStatus.DONE,
+            timings={"total_s": time.monotonic() - self.started_at},
+            message_ids=ids,
+        )
 
     async def failed(self, reason: str) -> None:
-        if self.recorded:
-            await _finish_quietly(self.bot, self.job_id, reason)
+        await _finish_quietly(self.bot, self.job_id, reason)
         await self.outlet.fail(f"Sorry, that failed: {reason}")
 
     async def cancelled(self) -> None:
-        if self.recorded:
-            await quietly(self.bot.store.finish_job(self.job_id, JobStatus.CANCELLED), "record a cancel")
+        await quietly(self.bot.store.finish_job(self.job_id, JobStatus.CANCELLED), "record a cancel")
         await self.outlet.fail("Cancelled.")
 
     async def crashed(self) -> str:
-        if self.recorded:
-            await _finish_quietly(self.bot, self.job_id, "The bot hit an internal error while answering.")
+        await _finish_quietly(self.bot, self.job_id, "The bot hit an internal error while answering.")
         return "Sorry, something went wrong on our side while answering; it was logged."
 
 
@@ -244,7 +236,7 @@ async def answer_interaction(
     *,
     text: str,
     attachments: list[Any],
-    kind: JobKind | None,
+    kind: JobKind,
 ) -> None:
     """The interaction side of /chat, /describe, "Describe image" and the Describe button.
 
@@ -279,7 +271,7 @@ async def _download_and_submit(
     settings: ServerSettings,
     text: str,
     attachments: list[Any],
-    kind: JobKind | None,
+    kind: JobKind,
 ) -> tuple[Submitted, Question]:
     download = asyncio.ensure_future(read_images(attachments, bot.config.understanding))
     try:
@@ -294,8 +286,7 @@ async def _download_and_submit(
             await _defer(interaction)
         except Exception:  # Discord gave up on this interaction: nobody would see the answer
             await bot.engine.cancel(submitted.job_id)
-            if kind is not None:
-                await _finish_quietly(bot, submitted.job_id, "Discord did not accept the answer in time")
+            await _finish_quietly(bot, submitted.job_id, "Discord did not accept the answer in time")
             raise
     return submitted, q
 

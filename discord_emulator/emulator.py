@@ -369,9 +369,14 @@ class DiscordEmulator:
         options: dict[str, Any] | None = None,
         locale: str = "en-US",
         ignore_default_permissions: bool = False,
+        tamper: Callable[[dict[str, Any]], None] | None = None,
         **values: Any,
     ) -> Interaction:
-        """Run `/command [group] [sub] option=value ...` as `user` in `channel`."""
+        """Run `/command [group] [sub] option=value ...` as `user` in `channel`.
+
+        ``tamper`` edits the INTERACTION_CREATE payload before it is sent: for tests of what the bot
+        trusts and how it handles values Discord's own checks would have stopped (an option out of its
+        range, a member's permissions that differ from its roles)."""
         name, *path = command.split()
         self._member(user, channel)
         definition = self.world.find_command(name, 1, channel)
@@ -383,6 +388,8 @@ class DiscordEmulator:
         data = build_command_data(definition, path, given, resolved)
         shown = " ".join(f"{k}:{_show(v)}" for k, v in given.items())
         itx = self._interaction(APPLICATION_COMMAND, user, channel, data, locale=locale)
+        if tamper is not None:
+            tamper(itx.payload)
         return await self._dispatch_interaction(itx, f"/{command} {shown}".rstrip())
 
     async def context_menu(

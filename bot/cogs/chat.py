@@ -28,7 +28,7 @@ from discord.ext import commands
 from bot.delivery import NO_PINGS, MessageOutlet
 from bot.formatting import clip, plural
 from bot.limits import CHAT
-from bot.store import ConversationRef
+from bot.store import ConversationRef, JobKind
 from bot.understanding import Question, answer_interaction, check_question, submit
 from bot.uploads import check_attachments, read_images
 from janus_engine.errors import JanusError
@@ -64,7 +64,7 @@ class ChatCog(commands.Cog):
         image: discord.Attachment | None = None,
     ) -> None:
         await answer_interaction(
-            self.bot, interaction, text=message, attachments=[image] if image else [], kind=None
+            self.bot, interaction, text=message, attachments=[image] if image else [], kind=JobKind.CHAT
         )
 
     # ---- @mentions and replies ---------------------------------------------------------------------

@@ -48,7 +48,7 @@ class JobsCog(commands.Cog):
             lines.append("You have no queued or running jobs.")
         for info in live:
             job = await bot.store.get_job(info.job_id)
-            what = quote_prompt(job.prompt, 80) if job is not None else info.kind
+            what = quote_prompt(job.prompt, 80) if job is not None and job.prompt else info.kind
             where = f"position {info.position}" if info.state == "queued" else "running"
             lines.append(f"`{info.job_id}` {info.kind}: {what} — {where}, ETA {format_eta(info.eta_s)}")
         await interaction.response.send_message(clip("\n".join(lines)), ephemeral=True)

@@ -166,6 +166,7 @@ class ModelContext:
 class JobKind(StrEnum):
     IMAGINE = "imagine"
     DESCRIBE = "describe"
+    CHAT = "chat"  # /chat and @mentions: recorded so a restart can tell a user their answer was cut off
 
 
 class JobStatus(StrEnum):

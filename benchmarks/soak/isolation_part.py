@@ -1,0 +1,2 @@
+async def isolation_part(world, *a):
+    return []

@@ -1,0 +1,2 @@
+async def secrets_part(world, *a):
+    return []
