@@ -18,8 +18,16 @@ from bot.delivery import InteractionOutlet, LatestProgress, Outlet, finish_if_op
 from bot.errors import Refusal
 from bot.formatting import clip, queue_line
 from bot.limits import CHAT
-from bot.policy import Requester, check_prompt
-from bot.store import ContextBudget, ConversationRef, JobKind, JobStatus, ServerSettings
+from bot.policy import Requester, check_prompt, is_blank
+from bot.store import (
+    INTERACTION_ID,
+    REPLY_TO,
+    ContextBudget,
+    ConversationRef,
+    JobKind,
+    JobStatus,
+    ServerSettings,
+)
 from bot.tokens import TOKENS_PER_TURN
 from bot.uploads import check_attachments, read_images
 from bot.views import progress_view
@@ -57,18 +65,20 @@ class Question:
     # Every question is a recorded job (with a Cancel button while it runs): a restart then finds its
     # message and says the answer was interrupted, instead of leaving "thinking..." there for good.
     kind: JobKind = JobKind.CHAT
-    user_message_ids: tuple[int, ...] = ()
+    user_message_ids: tuple[int, ...] = ()  # an @mention: the user's message (the answer replies to it)
+    interaction_id: int | None = None  # a slash command or button: the interaction it came with
     conversation: ConversationRef | None = None  # a reply continues the conversation it replied to
 
 
 def check_question(bot: JanusBot, who: Requester, settings: ServerSettings, text: str) -> str:
-    """Cheap checks before deferring: length and blocked patterns (the caller then reserves a use)."""
+    """Cheap checks before deferring: length and blocked patterns (the caller then reserves a use).
+    Returns the text, or "" when nothing in it is visible (the caller asks for a question)."""
     text = text.strip()
     limit = bot.config.understanding.max_message_chars
     if len(text) > limit:
         raise Refusal(f"Your message is {len(text)} characters long; the limit is {limit}.")
     check_prompt(bot.config.access, who, settings, text)
-    return text
+    return "" if is_blank(text) else text  # zero-width characters alone say nothing: no question
 
 
 @dataclass
@@ -99,7 +109,7 @@ async def submit(bot: JanusBot, q: Question) -> Submitted:
         # A chat's words live in the conversation's turns, which /forget removes; its job row keeps
         # none of them (a described image's question is kept, like an /imagine prompt).
         prompt="" if q.kind == JobKind.CHAT else q.text,
-        params={"images": len(q.images), "conversation_id": conv.id},
+        params={"images": len(q.images), "conversation_id": conv.id, **_answer_place(q)},
     )
     job_id = job.id
     request = UnderstandRequest(
@@ -115,6 +125,13 @@ async def submit(bot: JanusBot, q: Question) -> Submitted:
         await bot.store.finish_job(job_id, JobStatus.FAILED, error=exc.user_message)
         raise
     return Submitted(handle, conv, job_id)
+
+
+def _answer_place(q: Question) -> dict[str, int]:
+    """Where the answer will appear, recorded with the job (see ``bot.store.INTERACTION_ID``)."""
+    if q.interaction_id is not None:
+        return {INTERACTION_ID: q.interaction_id}
+    return {REPLY_TO: q.user_message_ids[0]} if q.user_message_ids else {}
 
 
 async def _model_turns(
@@ -248,7 +265,9 @@ async def answer_interaction(
     """
     who = bot.access.requester(interaction)
     settings = await bot.access.admit(who)
-    text = check_question(bot, who, settings, text)
+    text = check_question(bot, who, settings, text) or (
+        bot.config.understanding.default_question if attachments else ""
+    )
     if not text and not attachments:
         raise Refusal("Ask me something (or attach an image).")
     check_attachments(attachments, bot.config.understanding)
@@ -279,7 +298,7 @@ async def _download_and_submit(
     except TimeoutError:
         await _defer(interaction)
         images = await download
-    q = Question(who, settings, text, images, kind=kind)
+    q = Question(who, settings, text, images, kind=kind, interaction_id=interaction.id)
     submitted = await submit(bot, q)
     if not interaction.response.is_done():
         try:

@@ -444,12 +444,22 @@ class DiscordEmulator:
             raise EmulatorUsageError(f"component {custom_id!r} is disabled")
         return component
 
-    async def press_button(self, user: User, message: Message, custom_id: str) -> Interaction:
+    async def press_button(
+        self,
+        user: User,
+        message: Message,
+        custom_id: str,
+        *,
+        tamper: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Interaction:
+        """Press a button on ``message``; ``tamper`` edits the payload first (see :meth:`slash`)."""
         component = self._component_on(user, message, custom_id)
         if component.get("type") != 2:
             raise EmulatorUsageError(f"component {custom_id!r} is not a button")
         data = {"custom_id": custom_id, "component_type": 2}
         itx = self._interaction(MESSAGE_COMPONENT, user, message.channel, data, source=message)
+        if tamper is not None:
+            tamper(itx.payload)
         return await self._dispatch_interaction(itx, f"pressed [{component.get('label') or custom_id}]")
 
     async def select(

@@ -69,6 +69,7 @@ async def crash_part(world: SoakWorld, rounds: int, seed: int = 3) -> list[Figur
     not_closed = [o for o in tally.outcomes if o.status == "lost"]
     told = [o for o in tally.outcomes if o.status == "failed" and "interrupted" in o.reason.lower()]
     unclear = [o for o in tally.outcomes if o.unclear or leaks_internals(o.reason)]
+    replaced = [o for o in tally.outcomes if _result_replaced(o.sent)]
     return [
         Figure("bot crash", "SIGKILLs of the bot mid-write (restarted each time)", rounds),
         Figure(
@@ -94,6 +95,13 @@ async def crash_part(world: SoakWorld, rounds: int, seed: int = 3) -> list[Figur
         Figure("bot crash", "misrouted", len(tally.misrouted), must=0),
         Figure(
             "bot crash",
+            "results posted, then replaced by 'interrupted'",
+            len(replaced),
+            must=0,
+            detail="; ".join(repr(o.sent.text) for o in replaced[:3]),
+        ),
+        Figure(
+            "bot crash",
             "unclear messages",
             len(unclear),
             must=0,
@@ -101,6 +109,23 @@ async def crash_part(world: SoakWorld, rounds: int, seed: int = 3) -> list[Figur
         ),
         Figure("bot crash", "old buttons and forms answered after a restart", old_answered, must=old_tried),
     ]
+
+
+def _result_replaced(sent) -> bool:
+    """A message that showed the finished result (images with Re-roll; an answer no longer streaming)
+    and later said the job was interrupted: the restart's clean-up must never overwrite a delivery."""
+    for m in interaction_messages(sent.itx):
+        if "interrupted" not in str(m.content or ""):
+            continue
+        for r in m.revisions:
+            text = str(r.content or "")
+            if sent.kind == "imagine":
+                ids = [c.get("custom_id", "") for row in r.components for c in row.get("components", [])]
+                if r.attachment_ids and any(i.startswith("janus:reroll:") for i in ids):
+                    return True
+            elif text.strip() and "▌" not in text and "queue" not in text.lower():
+                return True
+    return False
 
 
 def _has(message, prefix: str) -> bool:

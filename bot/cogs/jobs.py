@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -17,7 +18,7 @@ from discord.ext import commands
 from bot.delivery import NO_PINGS
 from bot.errors import NotAllowed, Refusal
 from bot.formatting import clip, format_eta, plural, quote_prompt
-from bot.store import JobKind, JobRecord
+from bot.store import INTERACTION_ID, REPLY_TO, JobKind, JobRecord
 from bot.views import CancelButton, retry_view
 
 if TYPE_CHECKING:
@@ -110,9 +111,10 @@ async def report_interrupted(client: discord.Client, jobs: Sequence[JobRecord]) 
     again is one click; a question is asked again by the user. Uses only REST (the bot's own messages),
     so it works before the gateway is ready and long after the interaction token died."""
     for job in jobs:
-        if job.channel_id is None or not job.message_ids:
+        if job.channel_id is None:
             continue
         channel = client.get_partial_messageable(job.channel_id)
+        message_ids = job.message_ids or await _find_messages(client, channel, job)
         view: Any = None
         if job.kind == JobKind.IMAGINE:
             count = int(job.params.get("count", 1))
@@ -123,13 +125,41 @@ async def report_interrupted(client: discord.Client, jobs: Sequence[JobRecord]) 
             view = retry_view(job.id)
         else:
             text = f"{INTERRUPTED} Please ask again."
-        for message_id in job.message_ids:
+        for message_id in message_ids:
             try:
                 await channel.get_partial_message(message_id).edit(
                     content=text, attachments=[], view=view, allowed_mentions=NO_PINGS
                 )
             except discord.HTTPException as exc:  # deleted meanwhile, or no longer visible to the bot
                 log.info("could not update interrupted job %s's message %s: %s", job.id, message_id, exc)
+
+
+async def _find_messages(client: discord.Client, channel: Any, job: JobRecord) -> tuple[int, ...]:
+    """The messages of a job whose ids were never recorded (the process died between showing its first
+    message and writing the id): the channel's messages since the job began that carry its interaction
+    (``interaction_metadata``), or that reply to the @mention it answers."""
+    interaction_id = job.params.get(INTERACTION_ID)
+    reply_to = job.params.get(REPLY_TO)
+    if interaction_id is None and reply_to is None:
+        return ()
+    since = discord.Object(discord.utils.time_snowflake(job.created_at - timedelta(seconds=5)))
+    own_id = client.user.id if client.user is not None else None
+    found: list[int] = []
+    try:
+        async for message in channel.history(limit=100, after=since, oldest_first=True):
+            meta = message.interaction_metadata
+            started_it = interaction_id is not None and meta is not None and meta.id == int(interaction_id)
+            answers_it = (
+                reply_to is not None
+                and message.author.id == own_id
+                and message.reference is not None
+                and message.reference.message_id == int(reply_to)
+            )
+            if started_it or answers_it:
+                found.append(message.id)
+    except discord.HTTPException as exc:  # no Read Message History there, or the channel is gone
+        log.info("could not look for interrupted job %s's messages: %s", job.id, exc)
+    return tuple(found)
 
 
 async def setup(bot: JanusBot) -> None:

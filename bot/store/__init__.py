@@ -19,6 +19,8 @@ from bot.store.errors import ConversationNotFound, JobNotFound, NotFound, StoreE
 from bot.store.migrate import current_revision, upgrade_database
 from bot.store.records import (
     IMAGE_DROPPED_MARKER,
+    INTERACTION_ID,
+    REPLY_TO,
     SCOPE_SETTING,
     AuditEntry,
     ContextBudget,
@@ -41,6 +43,8 @@ from bot.store.store import Store, TokenCounter, estimate_tokens
 
 __all__ = [
     "IMAGE_DROPPED_MARKER",
+    "INTERACTION_ID",
+    "REPLY_TO",
     "SCOPE_SETTING",
     "AuditEntry",
     "ContextBudget",

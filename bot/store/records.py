@@ -201,6 +201,13 @@ class JobRecord:
     owner: str | None = None  # the bot process that created it (Store.owner); None before migration 0003
 
 
+# Keys of a job's ``params`` that say where its answer appears, written when the job is created (before
+# anything is shown): after a restart, a job whose message ids were not recorded yet (the process died
+# between showing the message and writing its id) is found again in the channel by them.
+INTERACTION_ID = "interaction_id"  # the slash command, button or form that started it
+REPLY_TO = "reply_to"  # the user's message an @mention answer replies to
+
+
 @dataclass(frozen=True)
 class ImagineParams:
     """The parameters of an /imagine job, typed; its record's ``params`` keeps them as a JSON bag."""

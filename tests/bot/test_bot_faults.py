@@ -114,3 +114,48 @@ async def test_buttons_work_after_a_full_restart_and_interrupted_jobs_are_closed
     new_job = await world.bot.store.get_job(rerolled.custom_ids()[0].split(":")[2])
     assert new_job.prompt == "an old photograph" and new_job.params["parent_job"] == old_job
     assert emu.failures == []
+
+
+async def test_a_job_whose_message_id_was_never_written_is_still_told_after_a_restart(
+    world: BotWorld,
+) -> None:
+    """The soak's finding: a bot killed between showing a job's first message and writing its id left
+    "Queued..." there for good. The job's row names its interaction (or the @mention it answers) from
+    the start, so the restart finds the message in the channel instead."""
+    emu = world.emu
+    user = world.user("restart-nora")
+    store = world.bot.store
+    real_write = store.add_job_messages
+
+    async def write_lost(job_id: str, message_ids) -> object:  # the process died before this write
+        return await store.get_job(job_id)
+
+    store.add_job_messages = write_lost  # type: ignore[method-assign]
+    try:
+        drawings = [
+            await world.run(user, world.general, "imagine", prompt=f"an unrecorded sketch {i}", count=2)
+            for i in range(2)
+        ]
+        await _running(world, drawings[0])
+        # Two running image jobs are this user's limit: the questions wait in the queue behind them.
+        asked = await world.run(user, world.general, "chat", message="a question that never got its id")
+        mention = await emu.send_message(user, world.general, "and one by mention", mentions_bot=True)
+        reply = await emu.wait_for(
+            lambda: next((m for m in emu.bot_messages(world.general) if m.reference_id == mention.id), None),
+            timeout=15,
+        )
+        await emu.wait_for(lambda: asked.original if "Queued" in asked.original.content else None)
+        jobs = await store.list_jobs(user_id=user.id)
+        assert len(jobs) == 4, jobs
+        assert all(j.message_ids == () and not j.status.is_terminal for j in jobs), [(j.kind, j.status, j.message_ids) for j in jobs]
+    finally:
+        store.add_job_messages = real_write  # type: ignore[method-assign]
+    await world.stop_bot()
+    await world.start_bot()
+
+    for message in (*(d.original for d in drawings), asked.original, reply):
+        told = await emu.wait_for(
+            lambda m=message: m if "interrupted" in m.content else None, timeout=15, message=f"{message.id}"
+        )
+        assert "Queued" not in told.content and "%" not in told.content
+    assert {j.status for j in await world.bot.store.list_jobs(user_id=user.id)} == {"failed"}
