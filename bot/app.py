@@ -231,7 +231,10 @@ class JanusBot(commands.Bot):
             new = load_config(self.config.source)
         except ConfigError as exc:
             log.error("config reload failed, keeping the running config: %s", exc)
-            return f"Reload failed, the running config is unchanged: {exc}"
+            # The reply goes to Discord (and the modlog channel): the file by its name, not its path on
+            # this machine (the log line above has the path).
+            reason = str(exc).replace(str(self.config.source), self.config.source.name)
+            return f"Reload failed, the running config is unchanged: {reason}"
         pending = restart_required_changes(self.config, new)
         # Keep the sections that need a restart as they are running, so the bot stays consistent.
         applied = replace(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -326,6 +327,8 @@ def _value(where: str, v: Any, declared: Any, bounds: Any) -> Any:
             or (declared is int and isinstance(v, float))
         ):
             raise bad(f"must be {'an integer' if declared is int else 'a number'}, got {v!r}")
+        if not math.isfinite(v):  # TOML has nan and inf; NaN would pass every bound below
+            raise bad(f"must be a finite number, got {v}")
         lo, hi = bounds.get("lo"), bounds.get("hi")
         if lo is not None and v < lo:
             raise bad(f"must be >= {lo}, got {v}")
@@ -507,6 +510,8 @@ def load_config(path: str | Path) -> BotConfig:
         ) from None
     except OSError as exc:
         raise ConfigError(f"config file {p}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:  # a binary file, or one saved in another encoding
+        raise ConfigError(f"config file {p}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

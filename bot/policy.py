@@ -7,6 +7,9 @@ reason wins (blocked user, then server/channel/role restrictions, then the promp
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bot.config import NSFW_POLICIES, AccessSection
@@ -76,20 +79,64 @@ def effective_nsfw_policy(access: AccessSection, settings: ServerSettings) -> st
     return max(access.nsfw_policy, server, key=_STRICTNESS.__getitem__)
 
 
+# Cyrillic, Greek and Armenian letters drawn like Latin ones (Unicode's confusables for the letters a
+# blocklist is written in), by case: "а" looks like "a", but Greek "η" like "n" while its capital "Η" is
+# an "H", so they are mapped before case-folding.
+_LOOK_ALIKES = str.maketrans(
+    dict(
+        zip(
+            "аеорсухѕіјԁһӏԛԝпкɡАВЕКМНОРСТХУЅІЈԚԜαονικυχωεγτϲϳΑΒΕΖΗΙΚΜΝΟΡΤΥΧօսոհ",
+            "aeopcyxsijdhlqwnkgABEKMHOPCTXYSIJQWaovikuxweytcjABEZHIKMNOPTYXounh",
+            strict=True,
+        )
+    )
+)
+_DROPPED = {"Mn", "Me", "Cf"}  # combining marks; format characters (zero-width, soft hyphen, bidi controls)
+
+
+def _without_marks(text: str) -> str:
+    """Compatibility-decomposed (fullwidth and mathematical letters become plain ones, "é" becomes "e"
+    plus a mark), with marks, invisible format characters and control characters other than whitespace
+    removed."""
+    return "".join(
+        c
+        for c in unicodedata.normalize("NFKD", text)
+        if unicodedata.category(c) not in _DROPPED and (c.isspace() or unicodedata.category(c) != "Cc")
+    )
+
+
+def normalize_for_matching(text: str) -> str:
+    """The text as a blocklist should see it: ``ｆｏｒｂｉｄｄｅｎ``, ``𝐟𝐨𝐫𝐛𝐢𝐝𝐝𝐞𝐧``, ``for\u200bbidden``,
+    ``FORBİDDEN`` and Cyrillic ``fоrbiddеn`` all read "forbidden". Only ever matched against: the model
+    and the user see the text as it was typed."""
+    return _without_marks(_without_marks(text).translate(_LOOK_ALIKES).casefold())
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a reader could see: whitespace, zero-width and format characters, lone combining marks."""
+    return not _without_marks(text).strip()
+
+
+def _matches(patterns: Iterable[re.Pattern[str]], text: str) -> bool:
+    """A pattern found in the text as typed or in its normalised copy (a pattern written in a script the
+    normalisation maps away, Cyrillic say, still matches the text as typed)."""
+    normalized = normalize_for_matching(text)
+    return any(p.search(text) or p.search(normalized) for p in patterns)
+
+
 def check_negative_prompt(access: AccessSection, text: str) -> None:
     """A negative prompt says what to keep out of the image, so NSFW words there are welcome ("nudity" in
     it steers away from nudity); the blocked patterns still apply, since it is stored and shown."""
-    for pattern in access.blocked_prompt_patterns:
-        if pattern.search(text):
-            raise BlockedPrompt("That negative prompt contains something this server's bot does not accept.")
+    if _matches(access.blocked_prompt_patterns, text):
+        raise BlockedPrompt("That negative prompt contains something this server's bot does not accept.")
 
 
 def check_prompt(access: AccessSection, who: Requester, settings: ServerSettings, text: str) -> None:
-    """Raise BlockedPrompt if ``text`` matches a blocked pattern, or NSFW patterns where not allowed."""
-    for pattern in access.blocked_prompt_patterns:
-        if pattern.search(text):
-            raise BlockedPrompt("That prompt contains something this server's bot does not accept.")
-    if not any(p.search(text) for p in access.nsfw_prompt_patterns):
+    """Raise BlockedPrompt if ``text`` matches a blocked pattern, or NSFW patterns where not allowed
+    (both matched on :func:`normalize_for_matching`'s copy too, so look-alike letters do not slip by)."""
+    if _matches(access.blocked_prompt_patterns, text):
+        raise BlockedPrompt("That prompt contains something this server's bot does not accept.")
+    if not _matches(access.nsfw_prompt_patterns, text):
         return
     policy = effective_nsfw_policy(access, settings)
     if policy == "block":

@@ -8,6 +8,7 @@ bot's ``[engine]`` table) finds them: the bot parses its table straight into :cl
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar, get_args
@@ -51,6 +52,9 @@ def check_bounds(obj: object) -> None:
     for f in fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
         lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        if isinstance(value, float) and not math.isfinite(value):
+            # NaN passes both comparisons below; infinity is no setting either
+            raise InvalidRequest(f"Engine setting {f.name} must be a finite number (got {value}).")
         if lo is not None and value < lo:
             raise InvalidRequest(f"Engine setting {f.name} must be at least {lo} (got {value}).")
         if hi is not None and value > hi:

@@ -26,6 +26,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import NO_PINGS, MessageOutlet
+from bot.errors import Refusal
 from bot.formatting import clip, plural
 from bot.limits import CHAT
 from bot.store import ConversationRef, JobKind
@@ -91,6 +92,8 @@ class ChatCog(commands.Cog):
         try:
             settings = await bot.access.admit(who)
             text = check_question(bot, who, settings, text)
+            if not text and not message.attachments:  # only invisible characters besides the mention
+                raise Refusal("Ask me something (or attach an image).")
             check_attachments(message.attachments, bot.config.understanding)
             reservation = await bot.limiter.reserve(  # atomic in the database
                 who.user_id, CHAT, roles=who.role_ids, guild_id=who.guild_id

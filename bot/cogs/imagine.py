@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import random
 import time
 from typing import TYPE_CHECKING, TypeVar
@@ -29,9 +30,9 @@ from bot.formatting import format_eta, plural, progress_bar, queue_line, quote_p
 from bot.judging import match_question, yes_probabilities
 from bot.limits import IMAGINE
 from bot.modlog import post_modlog, where
-from bot.policy import Requester, check_negative_prompt, check_prompt
+from bot.policy import Requester, check_negative_prompt, check_prompt, is_blank
 from bot.prompt_craft import enhance_prompt
-from bot.store import ImagineParams, JobKind, JobRecord, JobStatus, ServerSettings
+from bot.store import INTERACTION_ID, ImagineParams, JobKind, JobRecord, JobStatus, ServerSettings
 from bot.views import (
     DeleteButton,
     EditPromptButton,
@@ -145,7 +146,7 @@ class ImagineCog(commands.Cog):
         settings = await bot.access.admit(who)
         g = bot.config.generation
         prompt = prompt.strip()
-        if not prompt:
+        if is_blank(prompt):  # zero-width or format characters alone: nothing to draw
             raise Refusal("The prompt is empty.")
         if len(prompt) > g.max_prompt_chars:
             raise Refusal(f"The prompt is {len(prompt)} characters long; the limit is {g.max_prompt_chars}.")
@@ -157,20 +158,27 @@ class ImagineCog(commands.Cog):
                 f"the limit is {g.max_prompt_chars}."
             )
         check_negative_prompt(bot.config.access, negative_prompt)
+        # Discord's client keeps options within the command's declared ranges, but the interaction's
+        # payload is the sender's to write: each value is checked here (whole, finite, in range), so
+        # nothing out of range is counted against a cap, recorded or handed to the engine.
+        if count is not None and not whole_in(count, 1, g.max_count):
+            raise Refusal(f"The number of images must be a whole number from 1 to {g.max_count}.")
         count = count or _or(settings.default_count, g.default_count)
-        if count > g.max_count:
+        if count > g.max_count:  # a server's default above a lowered max_count
             raise Refusal(f"At most {g.max_count} images per request.")
         if guidance is None:
             guidance = _or(settings.default_guidance, g.default_guidance)
-        if not g.min_guidance <= guidance <= g.max_guidance:
+        if not number_in(guidance, g.min_guidance, g.max_guidance):
             raise Refusal(f"Guidance must be between {g.min_guidance} and {g.max_guidance}.")
         if temperature is None:
             temperature = _or(settings.default_temperature, g.default_temperature)
-        if temperature > g.max_temperature:
-            raise Refusal(f"Temperature must be at most {g.max_temperature}.")
+        if not number_in(temperature, 0.0, g.max_temperature):
+            raise Refusal(f"Temperature must be between 0 and {g.max_temperature} (0 means greedy).")
+        if seed is not None and not whole_in(seed, 0, MAX_SEED):
+            raise Refusal(f"The seed must be a whole number from 0 to {MAX_SEED}.")
         if best_of:
             limit = min(g.max_best_of, bot.config.engine.max_images_per_batch)
-            if not count < best_of <= limit:
+            if not whole_in(best_of, count + 1, limit):
                 raise Refusal(f"best_of must be more than count ({count}) and at most {limit}.")
         moderate = bool(_or(settings.moderation, bot.config.moderation.enabled)) and not who.channel_nsfw
         seed = seed if seed is not None else random.randint(0, MAX_SEED)
@@ -205,7 +213,7 @@ class ImagineCog(commands.Cog):
             guild_id=who.guild_id,
             channel_id=who.channel_id,
             prompt=prompt,
-            params=params.as_params(),
+            params={**params.as_params(), INTERACTION_ID: interaction.id},
             seed=seed,
         )
         request = GenerateRequest(
@@ -537,6 +545,19 @@ class _ImageRender:
         work = finish_if_open(self.bot.store, self.job.id, "internal error while delivering")
         await quietly(work, "close the job")
         return f"{self.header}\nSorry, something went wrong on our side; it was logged."
+
+
+def whole_in(value: object, lo: int, hi: int) -> bool:
+    """An integer (not a bool, not a string of digits) from ``lo`` to ``hi``."""
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def number_in(value: object, lo: float, hi: float) -> bool:
+    """A finite number from ``lo`` to ``hi`` (NaN fails every comparison but ``!=``: it is refused by
+    name, like infinity, rather than by the luck of how a comparison is written)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and lo <= value <= hi
 
 
 def _or(server: _T | None, config: _T) -> _T:

@@ -10,6 +10,8 @@ from typing import get_type_hints
 import pytest
 
 from bot.config import BotConfig, ConfigError, load_config, parse_config, restart_required_changes
+from janus_engine.config import EngineSettings
+from janus_engine.errors import InvalidRequest
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.toml"
@@ -80,6 +82,11 @@ def test_example_file_documents_every_key() -> None:
         ),
         ({"http": {"port": 70000}}, "http.port: must be <= 65535"),
         ({"http": {"host": "0.0.0.0; rm -rf"}}, "http.host: must be an IP address or a host name"),
+        # TOML has nan and inf: NaN passes every bound, so it is refused by name (as infinity is)
+        ({"engine": {"job_timeout_s": float("nan")}}, "engine.job_timeout_s: must be a finite number"),
+        ({"understanding": {"temperature": float("nan")}}, "understanding.temperature: must be a finite"),
+        ({"ui": {"progress_interval_s": float("nan")}}, "ui.progress_interval_s: must be a finite number"),
+        ({"limits": {"imagine_cooldown_s": float("inf")}}, "limits.imagine_cooldown_s: must be a finite"),
     ],
 )
 def test_bad_keys_are_named_with_the_reason(doc: dict, needle: str) -> None:
@@ -106,6 +113,20 @@ def test_missing_and_malformed_files_raise_config_error(tmp_path: Path) -> None:
     bad.write_text("[engine\nmax_queue = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"[engine]\nmax_queue = \xff\xfe\x00\x81\n")  # not UTF-8: not a UnicodeDecodeError
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(binary)
+    nan = tmp_path / "nan.toml"
+    nan.write_text("[engine]\njob_timeout_s = nan\n")
+    with pytest.raises(ConfigError, match=r"engine\.job_timeout_s: must be a finite number, got nan"):
+        load_config(nan)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_engine_settings_built_in_code_refuse_non_finite_numbers(value: float) -> None:
+    with pytest.raises(InvalidRequest, match="job_timeout_s must be a finite number"):
+        EngineSettings(job_timeout_s=value)
 
 
 def test_token_comes_from_the_named_env_var_only() -> None:

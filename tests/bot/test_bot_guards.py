@@ -339,3 +339,101 @@ async def test_server_defaults_and_nsfw_policy_from_settings(world: BotWorld) ->
         await _refused(world, refused, "not accepted here")
     finally:
         await world.run(world.manager, nsfw, "settings nsfw", policy="nsfw_channels_only")
+
+
+# ---- hostile input (the soak's hostile part, benchmarks/soak/hostile_part.py, found these) -------------
+
+
+def _option(name: str, value: object, kind: int):
+    """A tamper writing an option value Discord's client would refuse to send (NaN, 2**70, a string)."""
+
+    def tamper(payload: dict) -> None:
+        options = payload["data"]["options"]
+        options[:] = [o for o in options if o["name"] != name]
+        options.append({"name": name, "type": kind, "value": value})
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kind", "reason"),
+    [
+        ("count", 0, 4, "number of images must be a whole number from 1 to 4"),
+        ("count", -5, 4, "number of images must be a whole number from 1 to 4"),
+        ("count", "3", 4, "number of images must be a whole number from 1 to 4"),
+        ("guidance", float("nan"), 10, "Guidance must be between"),
+        ("temperature", float("nan"), 10, "Temperature must be between 0 and"),
+        ("temperature", -1.0, 10, "Temperature must be between 0 and"),
+        ("seed", 2**70, 4, "seed must be a whole number from 0 to 2147483647"),
+        ("seed", -1, 4, "seed must be a whole number from 0 to 2147483647"),
+        ("best_of", "8", 4, "best_of must be more than count"),
+    ],
+)
+async def test_option_values_discord_would_not_send_are_refused_before_anything_is_recorded(
+    world: BotWorld, name: str, value: object, kind: int, reason: str
+) -> None:
+    user = world.user(f"opt-{name}-{value!r}")
+    prompt = f"a cube with {name} {value!r}"
+    itx = await world.run(
+        user, world.general, "imagine", prompt=prompt, count=1, tamper=_option(name, value, kind)
+    )
+    await _refused(world, itx, reason)
+    await _nothing_stored(world, user)  # no job recorded (and none failed by the engine)
+    assert not [r for r in world.submitted if getattr(r, "prompt", None) == prompt]
+
+
+async def test_blocked_words_in_look_alike_letters_are_refused_in_every_command(world: BotWorld) -> None:
+    emu = world.emu
+    user = world.user("look-alikes")
+    for prompt in ("a ｆｏｒｂｉｄｄｅｎ castle", "a for\u200bbidden castle", "a f\u043erbidd\u0435n castle"):
+        itx = await world.run(user, world.general, "imagine", prompt=prompt)
+        await _refused(world, itx, "does not accept")
+    itx = await world.run(user, world.general, "imagine", prompt="a castle", negative="𝐟𝐨𝐫𝐛𝐢𝐝𝐝𝐞𝐧")
+    await _refused(world, itx, "negative prompt", "does not accept")
+    itx = await world.run(user, world.general, "chat", message="tell me 𝐟𝐨𝐫𝐛𝐢𝐝𝐝𝐞𝐧 things")
+    await _refused(world, itx, "does not accept")
+    sent = await emu.send_message(user, world.general, "what is FORBİDDEN?", mentions_bot=True)
+    reply = await emu.wait_for_message(
+        world.general, lambda m: m.reference_id == sent.id, author=emu.bot_user
+    )
+    assert "does not accept" in reply.content
+    await _nothing_stored(world, user)
+
+
+async def test_text_of_only_invisible_characters_is_empty(world: BotWorld) -> None:
+    emu = world.emu
+    user = world.user("invisible")
+    zero_width = "\u200b\u200c\u200d\u2060\ufeff"
+    itx = await world.run(user, world.general, "imagine", prompt=zero_width)
+    await _refused(world, itx, "The prompt is empty")
+    itx = await world.run(user, world.general, "chat", message=zero_width)
+    await _refused(world, itx, "Ask me something")
+    sent = await emu.send_message(user, world.general, zero_width, mentions_bot=True)
+    reply = await emu.wait_for_message(
+        world.general, lambda m: m.reference_id == sent.id, author=emu.bot_user
+    )
+    assert "Ask me something" in reply.content
+    await _nothing_stored(world, user)
+
+
+async def test_reload_of_a_binary_or_nan_file_keeps_the_config_and_names_no_path(world: BotWorld) -> None:
+    path = world.tmp / "config.toml"
+    bot = world.bot
+    running = bot.config
+    try:
+        cases = [
+            (b"[limits]\nchat_cooldown_s = \xff\xfe\n", "not UTF-8 text"),
+            (b"[limits]\nchat_cooldown_s = nan\n", "limits.chat_cooldown_s: must be a finite number"),
+            (b"[limits\n", "not valid TOML"),
+        ]
+        for content, reason in cases:
+            path.write_bytes(content)
+            itx = await world.run(world.owner, world.general, "admin reload")
+            text = itx.original.content
+            assert "Reload failed" in text and reason in text, text
+            assert str(world.tmp) not in text  # the file by its name (the modlog channel sees this too)
+            assert bot.config is running
+    finally:
+        write_toml(path, world.doc)
+        await world.run(world.owner, world.general, "admin reload")
+    assert world.emu.failures == []

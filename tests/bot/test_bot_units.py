@@ -17,11 +17,20 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot.cogs.imagine import number_in, whole_in
 from bot.config import AccessSection, UnderstandingSection, parse_config
 from bot.delivery import LatestProgress, fit_to_limit
 from bot.errors import BadUpload, BlockedPrompt, NotAllowed
 from bot.formatting import format_eta, progress_bar, queue_line, quote_prompt, split_message
-from bot.policy import Requester, check_access, check_prompt, effective_nsfw_policy
+from bot.policy import (
+    Requester,
+    check_access,
+    check_negative_prompt,
+    check_prompt,
+    effective_nsfw_policy,
+    is_blank,
+    normalize_for_matching,
+)
 from bot.store import ServerSettings
 from bot.tokens import estimate_tokens, load_model_facts
 from bot.uploads import check_attachments, read_images
@@ -108,6 +117,63 @@ def test_servers_can_tighten_the_nsfw_policy_but_never_loosen_it() -> None:
     blocked = AccessSection(blocked_prompt_patterns=(re.compile(r"\bdragon\b", re.I),))
     with pytest.raises(BlockedPrompt):
         check_prompt(blocked, _who(), ServerSettings(), "A Dragon")
+
+
+LOOK_ALIKES = [
+    "a ｆｏｒｂｉｄｄｅｎ fruit",  # fullwidth
+    "a 𝐟𝐨𝐫𝐛𝐢𝐝𝐝𝐞𝐧 fruit",  # mathematical bold
+    "a 𝔣𝔬𝔯𝔟𝔦𝔡𝔡𝔢𝔫 fruit",  # mathematical fraktur
+    "a for\u200bbidden fruit",  # zero-width space
+    "a for\u00adbidden fruit",  # soft hyphen
+    "a f\u202dorbidden fruit",  # a bidi override
+    "a for\x00bidden fruit",  # NUL
+    "a FORBİDDEN fruit",  # capital I with a dot
+    "a f\u043erbidd\u0435n fruit",  # Cyrillic o and e
+    "a F\u041eRBIDD\u0415N fruit",  # Cyrillic capitals
+    "a f\u03bfrbidden fruit",  # Greek omicron
+    "a fórbíddén fruit",  # accents
+    "a fo\u0308rbidden fruit",  # a combining mark
+]
+
+
+@pytest.mark.parametrize("text", LOOK_ALIKES)
+def test_blocked_words_written_with_look_alike_letters_are_refused(text: str) -> None:
+    assert "forbidden" in normalize_for_matching(text)
+    blocked = AccessSection(blocked_prompt_patterns=(re.compile(r"\bforbidden\b", re.I),))
+    with pytest.raises(BlockedPrompt, match="does not accept"):
+        check_prompt(blocked, _who(), ServerSettings(), text)
+    with pytest.raises(BlockedPrompt, match="negative prompt"):
+        check_negative_prompt(blocked, text)
+
+
+def test_nsfw_words_in_look_alike_letters_count_as_nsfw_and_the_text_as_typed_still_matches() -> None:
+    with pytest.raises(BlockedPrompt, match="marked NSFW"):
+        check_prompt(AccessSection(), _who(), ServerSettings(), "a ｎｕｄｅ statue")
+    # A pattern written in Cyrillic matches the text as typed (its normalised copy reads Latin).
+    cyrillic = AccessSection(blocked_prompt_patterns=(re.compile("сок", re.I),))
+    with pytest.raises(BlockedPrompt):
+        check_prompt(cyrillic, _who(), ServerSettings(), "яблочный СОК")
+    # Normal words stay normal: no false positives from the folding.
+    blocked = AccessSection(blocked_prompt_patterns=(re.compile(r"\bforbidden\b", re.I),))
+    for fine in ("a forbiddingly tall tower", "ein Straßenbild", "Ηλιοβασίλεμα", "un café"):
+        check_prompt(blocked, _who(), ServerSettings(), fine)
+
+
+def test_blank_is_what_nobody_could_see() -> None:
+    for blank in ("", " \t\n", "\u200b\u200c\u200d\u2060\ufeff", "\u00ad", "\u202e\u202c", "\u0301\u0308"):
+        assert is_blank(blank), repr(blank)
+    for visible in ("a", "🐱", "\u200ba", "猫"):
+        assert not is_blank(visible), repr(visible)
+
+
+def test_option_values_are_whole_finite_and_in_range() -> None:
+    # Discord's client enforces an option's range; the payload does not, so the bot checks them itself.
+    assert whole_in(3, 1, 4) and whole_in(1, 1, 4) and whole_in(4, 1, 4)
+    for bad in (0, 5, -1, 2**70, "3", 3.0, True, None, float("nan")):
+        assert not whole_in(bad, 1, 4), repr(bad)
+    assert number_in(1.5, 1.1, 15.0) and number_in(2, 1.1, 15.0)
+    for bad in (float("nan"), float("inf"), float("-inf"), -1.0, 1e9, "5", True, None):
+        assert not number_in(bad, 1.1, 15.0), repr(bad)
 
 
 # ---- uploads ------------------------------------------------------------------------------------------
