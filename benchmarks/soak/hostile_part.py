@@ -47,6 +47,9 @@ SETTLE_S = 60.0
 CONCURRENCY = 6  # Discord items in flight at once (the tiny model has one CPU worker)
 BAD_SENTENCE = re.compile(r"went wrong on our side|interaction failed", re.I)
 BLOCKED = re.compile(r"does not accept", re.I)  # bot.policy's refusal of a blocked pattern
+# How an item reaches the bot, as ``user``: what it returns (interactions, the user's messages) is what
+# the bot's answers are found by.
+Send = Callable[[SoakWorld, User], Awaitable[list[Any]]]
 
 
 # ---- what was sent, and what the user saw --------------------------------------------------------------
@@ -68,7 +71,7 @@ class Seen:
 class Item:
     category: str
     name: str
-    send: Callable[[SoakWorld, User], Awaitable[list[Any]]]  # the interactions / messages it sent
+    send: Send  # the interactions / messages it sent
     expect: str = "either"  # "refuse": must be refused; "result": must run; "either": a result or a refusal
     says: re.Pattern[str] | None = None  # what a refusal must say
 
@@ -118,9 +121,10 @@ def _declared_size(size: int) -> Callable[[dict[str, Any]], None]:
     return tamper
 
 
-def imagine(
-    prompt: str = "a small red cube", **tamper: Any
-) -> Callable[[SoakWorld, User], Awaitable[list[Any]]]:
+def imagine(prompt: str = "a small red cube", **tamper: Any) -> Send:
+    """/imagine with valid options (the emulator checks them as Discord's client does), then ``prompt``
+    and the ``tamper`` values written over them in the payload."""
+
     async def send(world: SoakWorld, user: User) -> list[Any]:
         kw: dict[str, Any] = {"prompt": "a small red cube", "count": 1}
         values = {"prompt": prompt, **tamper}
@@ -129,16 +133,14 @@ def imagine(
     return send
 
 
-def chat(message: str) -> Callable[[SoakWorld, User], Awaitable[list[Any]]]:
+def chat(message: str) -> Send:
     async def send(world: SoakWorld, user: User) -> list[Any]:
         return [await world.slash(user, "chat", message="hello", tamper=tampered(message=message))]
 
     return send
 
 
-def describe(
-    upload: Upload, question: str | None = None, size: int | None = None
-) -> Callable[[SoakWorld, User], Awaitable[list[Any]]]:
+def describe(upload: Upload, question: str | None = None, size: int | None = None) -> Send:
     async def send(world: SoakWorld, user: User) -> list[Any]:
         def tamper(payload: dict[str, Any]) -> None:
             if question is not None:
@@ -151,9 +153,7 @@ def describe(
     return send
 
 
-def mention(
-    text: str, attachments: tuple[Upload, ...] = ()
-) -> Callable[[SoakWorld, User], Awaitable[list[Any]]]:
+def mention(text: str, attachments: tuple[Upload, ...] = ()) -> Send:
     async def send(world: SoakWorld, user: User) -> list[Any]:
         return [
             await world.emu.send_message(
@@ -521,7 +521,7 @@ async def check_config(world: SoakWorld, bad: BadConfig, good: dict[str, Any]) -
     if proc.returncode not in (1, 2):
         return Verdict(item, False, f"exit status {proc.returncode}: {text[:200]!r}")
     why = _one_clear_line(text, bad.key)
-    return Verdict(item, not why, why)
+    return Verdict(item, not why, why or text.strip()[:100])
 
 
 async def reload_config(world: SoakWorld, bad: BadConfig, good: dict[str, Any]) -> Verdict:
