@@ -147,7 +147,9 @@ async def test_a_job_whose_message_id_was_never_written_is_still_told_after_a_re
         await emu.wait_for(lambda: asked.original if "Queued" in asked.original.content else None)
         jobs = await store.list_jobs(user_id=user.id)
         assert len(jobs) == 4, jobs
-        assert all(j.message_ids == () and not j.status.is_terminal for j in jobs), [(j.kind, j.status, j.message_ids) for j in jobs]
+        assert all(j.message_ids == () and not j.status.is_terminal for j in jobs), [
+            (j.kind, j.status, j.message_ids) for j in jobs
+        ]
     finally:
         store.add_job_messages = real_write  # type: ignore[method-assign]
     await world.stop_bot()
